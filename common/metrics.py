@@ -1,0 +1,114 @@
+"""Confusion-matrix metrics: IoU per class, mIoU, frequency-weighted IoU, accuracy.
+
+mIoU comes in the two flavours the official evaluators use:
+
+* ``"all"`` (SemanticKITTI's ``semantic-kitti-api``, Cityscapes): the mean over
+  every class; a class with an empty union scores 0.
+* ``"present"`` (nuScenes ``LidarSegEval``): IoU is NaN where the union is
+  empty and the mean skips it (``nanmean``).
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Sequence
+
+import torch
+
+
+class ConfusionMatrix:
+    """``mat[gt, pred]`` counts over labelled elements (ignore index skipped)."""
+
+    def __init__(self, num_classes: int, ignore_index: int = 255,
+                 class_names: Optional[Sequence[str]] = None,
+                 device: Optional[torch.device] = None) -> None:
+        self.num_classes = num_classes
+        self.ignore_index = ignore_index
+        self.class_names: List[str] = list(class_names) if class_names is not None \
+            else [str(i) for i in range(num_classes)]
+        if len(self.class_names) != num_classes:
+            raise ValueError(f"{len(self.class_names)} class names for {num_classes} classes")
+        self.mat = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
+
+    @torch.no_grad()
+    def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
+        """Add predictions and targets of any matching shape (train ids)."""
+        if pred.shape != target.shape:
+            raise ValueError(f"prediction shape {tuple(pred.shape)} != target shape {tuple(target.shape)}")
+        pred = pred.reshape(-1).to(self.mat.device, torch.int64)
+        target = target.reshape(-1).to(self.mat.device, torch.int64)
+        keep = target != self.ignore_index
+        pred, target = pred[keep], target[keep]
+        if target.numel() and (int(target.max()) >= self.num_classes or int(target.min()) < 0):
+            raise ValueError(f"target id {int(target.max())} outside 0..{self.num_classes - 1}")
+        if pred.numel() and (int(pred.max()) >= self.num_classes or int(pred.min()) < 0):
+            raise ValueError(f"predicted id outside 0..{self.num_classes - 1}")
+        n = self.num_classes
+        self.mat += torch.bincount(target * n + pred, minlength=n * n).reshape(n, n)
+
+    def merge(self, other: "ConfusionMatrix") -> None:
+        self.mat += other.mat.to(self.mat.device)
+
+    def reset(self) -> None:
+        self.mat.zero_()
+
+    # -- scores ---------------------------------------------------------------
+    def _tp_fp_fn(self):
+        m = self.mat.double().cpu()
+        tp = m.diag()
+        fp = m.sum(0) - tp
+        fn = m.sum(1) - tp
+        return tp, fp, fn
+
+    def iou(self) -> torch.Tensor:
+        """IoU per class; NaN where the union is empty."""
+        tp, fp, fn = self._tp_fp_fn()
+        union = tp + fp + fn
+        return torch.where(union > 0, tp / union.clamp(min=1), torch.full_like(tp, float("nan")))
+
+    def miou(self, mode: str = "all") -> float:
+        iou = self.iou()
+        if mode == "all":
+            return float(torch.nan_to_num(iou, nan=0.0).mean())
+        if mode == "present":
+            valid = ~torch.isnan(iou)
+            return float(iou[valid].mean()) if valid.any() else 0.0
+        raise ValueError(f"mIoU mode must be 'all' or 'present', not {mode!r}")
+
+    def fwiou(self) -> float:
+        """Frequency-weighted IoU: IoU weighted by each class's share of labels."""
+        tp, fp, fn = self._tp_fp_fn()
+        freq = (tp + fn) / (tp + fn).sum().clamp(min=1)
+        iou = torch.nan_to_num(self.iou(), nan=0.0)
+        return float((freq * iou).sum())
+
+    def accuracy(self) -> float:
+        tp, _, fn = self._tp_fp_fn()
+        total = (tp + fn).sum()
+        return float(tp.sum() / total) if total > 0 else 0.0
+
+    def summary(self, mode: str = "all") -> Dict:
+        """JSON-ready numbers: ``{"miou", "fwiou", "acc", "iou": {class: ..}}``."""
+        iou = self.iou()
+        return {
+            "miou": self.miou(mode),
+            "miou_mode": mode,
+            "fwiou": self.fwiou(),
+            "acc": self.accuracy(),
+            "iou": {name: (None if torch.isnan(v) else float(v))
+                    for name, v in zip(self.class_names, iou)},
+        }
+
+    def table(self, title: str = "", mode: str = "all") -> str:
+        """A console table: one row per class, then mIoU / fwIoU / accuracy."""
+        iou = self.iou()
+        width = max([len(n) for n in self.class_names] + [8])
+        lines = [title] if title else []
+        lines.append(f"{'class'.ljust(width)}   IoU")
+        lines.append("-" * (width + 9))
+        for name, v in zip(self.class_names, iou):
+            val = "   n/a" if torch.isnan(v) else f"{100 * float(v):6.2f}"
+            lines.append(f"{name.ljust(width)} {val}")
+        lines.append("-" * (width + 9))
+        lines.append(f"{'mIoU'.ljust(width)} {100 * self.miou(mode):6.2f}  ({mode})")
+        lines.append(f"{'fwIoU'.ljust(width)} {100 * self.fwiou():6.2f}")
+        lines.append(f"{'accuracy'.ljust(width)} {100 * self.accuracy():6.2f}")
+        return "\n".join(lines)

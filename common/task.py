@@ -1,0 +1,103 @@
+"""What the generic trainer asks of a task package.
+
+A task (``"3d"`` for range-image LiDAR, ``"2d"`` for images, ``"toy"`` for the
+core's own tests) subclasses :class:`Task` and registers an instance in
+:data:`common.registry.TASKS`. The trainer, ``cdcl eval`` and ``cdcl info``
+talk to datasets and models only through these methods.
+
+Contracts
+---------
+* A dataset is a ``torch.utils.data.Dataset`` whose items are dicts and which
+  has ``class_names: list[str]`` (one per training class, in train-id order)
+  and ``ignore_index: int`` (label value the loss and metrics skip; 255 in
+  this project).
+* After ``collate_fn`` a batch is a dict holding at least ``"inputs"``
+  (a float tensor ``(B, C, ...)``) and, for labelled splits, ``"labels"``
+  (a long tensor matching the model's dense output, ``(B, H, W)``).
+* ``build_model(model_cfg, num_classes, norm_layer)`` returns a *plain*
+  single-dataset network (ordinary norm layers, one classifier with
+  ``num_classes`` outputs) with an attribute ``heads: list[str]``: the dotted
+  paths of its classifier layers (``nn.Conv*``/``nn.Linear`` whose outputs are
+  the classes). The strategy then turns norms/heads dataset-specific with the
+  converters in :mod:`common.dataset_specific`.
+* The model returns logits, a tensor ``(B, K, ...)``, or a dict of them
+  (``{"out": ..., "aux": ...}``). Under a fused route each per-dataset head
+  returns ``{dataset_name: logits_chunk}`` instead of one tensor;
+  :func:`common.dataset_specific.select_output` takes a dataset's part out of
+  either form.
+* A criterion is ``criterion(output, batch) -> scalar loss`` where ``output``
+  is that dataset's part of the model output.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, Optional
+
+import torch
+from torch import nn
+
+from .metrics import ConfusionMatrix
+
+Batch = Dict[str, Any]
+
+
+class Task:
+    """Base class with the defaults that dense per-pixel tasks share."""
+
+    name: str = "base"
+
+    # -- data -----------------------------------------------------------------
+    def build_dataset(self, name: str, cfg: Dict[str, Any], split: str,
+                      train: bool) -> torch.utils.data.Dataset:
+        """Dataset ``name`` (its config entry ``cfg`` = ``data.<name>``)."""
+        raise NotImplementedError
+
+    def collate_fn(self, name: str, cfg: Dict[str, Any]) -> Optional[Callable]:
+        """Collate function for ``name``'s DataLoader (None: torch default)."""
+        return None
+
+    # -- model ----------------------------------------------------------------
+    def build_model(self, model_cfg: Dict[str, Any], num_classes: int,
+                    norm_layer: Callable[[int], nn.Module]) -> nn.Module:
+        raise NotImplementedError
+
+    def input_shape(self, name: str, cfg: Dict[str, Any]) -> tuple:
+        """Shape of one input ``(C, ...)`` for FLOP counts in ``cdcl info``."""
+        raise NotImplementedError
+
+    # -- loss and forward -----------------------------------------------------
+    def build_criterion(self, name: str, cfg: Dict[str, Any], dataset,
+                        model_cfg: Dict[str, Any]) -> Callable[[Any, Batch], torch.Tensor]:
+        ignore = getattr(dataset, "ignore_index", 255)
+
+        def criterion(output, batch: Batch) -> torch.Tensor:
+            logits = output["out"] if isinstance(output, dict) else output
+            return nn.functional.cross_entropy(logits, batch["labels"], ignore_index=ignore)
+
+        return criterion
+
+    def forward(self, model: nn.Module, batch: Batch):
+        """Run the model on a batch (already on the device)."""
+        return model(batch["inputs"])
+
+    # -- evaluation -----------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, loader, name: str, dataset,
+                 device: torch.device, cfg: Dict[str, Any]) -> Dict[str, ConfusionMatrix]:
+        """Confusion matrices of ``model`` (routed to ``name`` by the caller)
+        on ``loader``. Keys name evaluation variants (``"dense"``,
+        ``"points"``, ``"points_knn"`` ...); the first key is the headline."""
+        from .utils import to_device
+
+        cm = ConfusionMatrix(len(dataset.class_names), dataset.ignore_index,
+                             class_names=dataset.class_names, device=device)
+        for batch in loader:
+            batch = to_device(batch, device)
+            out = self.forward(model, batch)
+            logits = out["out"] if isinstance(out, dict) else out
+            cm.update(logits.argmax(1), batch["labels"])
+        return {"dense": cm}
+
+    def miou_mode(self, name: str, cfg: Dict[str, Any]) -> str:
+        """``"all"`` (SemanticKITTI/Cityscapes: every class, absent ones 0) or
+        ``"present"`` (nuScenes: classes with a non-empty union only)."""
+        return "all"
