@@ -1,0 +1,334 @@
+"""Offscreen rendering of coloured point clouds to images.
+
+Open3D's ``OffscreenRenderer`` (Filament) draws the points. Without a GPU it
+renders on the CPU through Vulkan (Mesa lavapipe / llvmpipe); where no Vulkan
+or EGL driver exists the process *aborts* (no Python exception), so callers
+that must survive that use :func:`render_scan_subprocess`, which runs the
+renderer in a child process (``python -m cdcl3d.vis.render``) and turns a crash
+into a ``RuntimeError``. :func:`splat_scan` is a pure-numpy z-buffered point
+splatter for the same cameras (no Open3D needed), used by tests as a
+cross-check and available as ``backend='numpy'``.
+
+Colours come out exactly as given: post-processing (tone mapping, dithering)
+and anti-aliasing are switched off, and points are drawn unlit, as
+``point_size`` x ``point_size`` pixel squares.
+
+Cameras (:func:`make_camera`):
+
+* ``bev``: orthographic, straight down, centred on the sensor; ``+x`` points
+  right and ``+y`` up in the picture; ``view_m`` metres across the width
+  (default 100 m, so 800x600 shows 100 m x 75 m).
+* ``chase``: perspective (60 degrees vertical field of view) from 20 m behind
+  and 12 m above the sensor, looking ahead along ``+x``.
+
+:func:`project_points_to_image` tells where each point lands in the picture.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from dataclasses import asdict, dataclass
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from .colors import BACKGROUND_COLOR
+
+CAMERAS = ("bev", "chase")
+
+
+@dataclass(frozen=True)
+class Camera:
+    """A camera in the Open3D conventions (look-at plus projection).
+
+    ``projection`` is 'ortho' (``half_width``/``half_height`` in metres) or
+    'perspective' (``fov_deg`` vertical field of view).
+    """
+
+    projection: str
+    eye: Tuple[float, float, float]
+    center: Tuple[float, float, float]
+    up: Tuple[float, float, float]
+    near: float = 0.1
+    far: float = 1000.0
+    half_width: float = 50.0
+    half_height: float = 37.5
+    fov_deg: float = 60.0
+
+
+def make_camera(camera: Union[str, Camera], width: int, height: int, view_m: float = 100.0) -> Camera:
+    """The named camera ('bev' or 'chase') for a ``width`` x ``height`` picture;
+    a :class:`Camera` passes through."""
+    if isinstance(camera, Camera):
+        return camera
+    if camera == "bev":
+        half_w = view_m / 2.0
+        half_h = half_w * height / width  # square pixels
+        # Eye far above: anything between z = -500 m and +500 m is drawn.
+        return Camera("ortho", eye=(0.0, 0.0, 500.0), center=(0.0, 0.0, 0.0), up=(0.0, 1.0, 0.0),
+                      near=1.0, far=1000.0, half_width=half_w, half_height=half_h)
+    if camera == "chase":
+        return Camera("perspective", eye=(-20.0, 0.0, 12.0), center=(20.0, 0.0, 0.0),
+                      up=(0.0, 0.0, 1.0), near=0.5, far=500.0, fov_deg=60.0)
+    raise ValueError(f"unknown camera {camera!r}; valid: {list(CAMERAS)}")
+
+
+def _view_matrix(cam: Camera) -> np.ndarray:
+    eye, center, up = (np.asarray(v, dtype=np.float64) for v in (cam.eye, cam.center, cam.up))
+    f = center - eye
+    f /= np.linalg.norm(f)
+    s = np.cross(f, up)
+    s /= np.linalg.norm(s)
+    u = np.cross(s, f)
+    m = np.eye(4)
+    m[0, :3], m[1, :3], m[2, :3] = s, u, -f
+    m[:3, 3] = -m[:3, :3] @ eye
+    return m
+
+
+def project_points_to_image(points: np.ndarray, camera: Union[str, Camera], width: int, height: int,
+                            view_m: float = 100.0) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Where each point lands in a ``width`` x ``height`` render.
+
+    Returns ``(u, v, visible)``: float column and row (pixel ``(int(v),
+    int(u))`` holds the point's centre; pixel centres sit at ``i + 0.5``) and a
+    bool mask of points inside the view volume and the picture. Occlusion is
+    not considered.
+    """
+    cam = make_camera(camera, width, height, view_m)
+    xyz = np.asarray(points, dtype=np.float64)[:, :3]
+    pc = xyz @ _view_matrix(cam)[:3, :3].T + _view_matrix(cam)[:3, 3]
+    depth = -pc[:, 2]  # distance in front of the camera
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if cam.projection == "ortho":
+            ndc_x, ndc_y = pc[:, 0] / cam.half_width, pc[:, 1] / cam.half_height
+        elif cam.projection == "perspective":
+            f = 1.0 / np.tan(np.radians(cam.fov_deg) / 2.0)
+            aspect = width / height
+            ndc_x = f / aspect * pc[:, 0] / depth
+            ndc_y = f * pc[:, 1] / depth
+        else:
+            raise ValueError(f"unknown projection {cam.projection!r}")
+    u = (ndc_x + 1.0) / 2.0 * width
+    v = (1.0 - ndc_y) / 2.0 * height
+    visible = ((depth >= cam.near) & (depth <= cam.far) & np.isfinite(u) & np.isfinite(v)
+               & (u >= 0) & (u < width) & (v >= 0) & (v < height))
+    return u, v, visible
+
+
+def _as_uint8_colors(colors: np.ndarray, n: int) -> np.ndarray:
+    c = np.asarray(colors)
+    if c.shape != (n, 3):
+        raise ValueError(f"colors must be ({n}, 3) for {n} points, got {c.shape}")
+    if c.dtype == np.uint8:
+        return c
+    if np.issubdtype(c.dtype, np.floating):
+        return np.rint(np.clip(c, 0.0, 1.0) * 255.0).astype(np.uint8)
+    return np.clip(c, 0, 255).astype(np.uint8)
+
+
+def _check_points(points: np.ndarray) -> np.ndarray:
+    p = np.asarray(points)
+    if p.ndim != 2 or p.shape[1] < 3:
+        raise ValueError(f"points must be (N, 3+), got {p.shape}")
+    return p
+
+
+# -- numpy splatter ---------------------------------------------------------------
+
+def splat_scan(points: np.ndarray, colors: np.ndarray, width: int = 800, height: int = 600,
+               camera: Union[str, Camera] = "bev", point_size: float = 2.0,
+               background: Sequence[int] = BACKGROUND_COLOR, view_m: float = 100.0) -> np.ndarray:
+    """Pure-numpy render: each point a ``point_size`` square, nearest point wins.
+
+    Same cameras and pixel coverage rule as the Open3D renderer (a pixel is
+    covered when its centre lies in ``[u - s/2, u + s/2)``).
+    """
+    p = _check_points(points)
+    col = _as_uint8_colors(colors, len(p))
+    cam = make_camera(camera, width, height, view_m)
+    u, v, vis = project_points_to_image(p, cam, width, height, view_m)
+    pc = p[:, :3].astype(np.float64) @ _view_matrix(cam)[:3, :3].T + _view_matrix(cam)[:3, 3]
+    depth = -pc[:, 2]
+    img = np.empty((height, width, 3), dtype=np.uint8)
+    img[:] = np.asarray(background, dtype=np.uint8)
+    idx = np.flatnonzero(vis)
+    if idx.size == 0:
+        return img
+    s = float(point_size)
+    c0 = np.ceil(u[idx] - s / 2 - 0.5).astype(np.int64)
+    r0 = np.ceil(v[idx] - s / 2 - 0.5).astype(np.int64)
+    k = max(int(np.ceil(s)), 1)
+    # Far points first, so nearer ones overwrite them (painter's algorithm).
+    order = np.argsort(-depth[idx], kind="stable")
+    idx, c0, r0 = idx[order], c0[order], r0[order]
+    for dr in range(k):
+        for dc in range(k):
+            # Keep offsets whose pixel centre is inside the square.
+            cc, rr = c0 + dc, r0 + dr
+            ok = ((cc + 0.5 < u[idx] + s / 2) & (rr + 0.5 < v[idx] + s / 2)
+                  & (cc >= 0) & (cc < width) & (rr >= 0) & (rr < height))
+            img[rr[ok], cc[ok]] = col[idx[ok]]
+    return img
+
+
+# -- Open3D renderer (in-process) ---------------------------------------------------
+
+_RENDERERS: Dict[Tuple[int, int], Any] = {}
+
+
+def _renderer(width: int, height: int):
+    # Filament dislikes creating and destroying renderers repeatedly in one
+    # process, so one renderer per picture size is kept for the process' life.
+    key = (width, height)
+    if key not in _RENDERERS:
+        import open3d as o3d
+
+        o3d.utility.set_verbosity_level(o3d.utility.VerbosityLevel.Error)
+        r = o3d.visualization.rendering.OffscreenRenderer(width, height)
+        # Exact colours: no tone mapping / dithering, no anti-aliasing.
+        r.scene.view.set_post_processing(False)
+        r.scene.view.set_antialiasing(False)
+        r.scene.view.set_sample_count(1)
+        _RENDERERS[key] = r
+    return _RENDERERS[key]
+
+
+def render_scan(points: np.ndarray, colors: np.ndarray, width: int = 800, height: int = 600,
+                camera: Union[str, Camera] = "bev", point_size: float = 2.0,
+                background: Sequence[int] = BACKGROUND_COLOR, view_m: float = 100.0) -> np.ndarray:
+    """Render coloured points with Open3D offscreen; ``(height, width, 3) uint8``.
+
+    ``colors`` is ``(N, 3)`` uint8 (0..255) or float (0..1). Runs in this
+    process: where no Vulkan/EGL driver exists this aborts the interpreter, so
+    prefer :func:`render_scan_subprocess` when that matters.
+    """
+    import open3d as o3d
+
+    p = _check_points(points)
+    col = _as_uint8_colors(colors, len(p))
+    cam = make_camera(camera, width, height, view_m)
+    rendering = o3d.visualization.rendering
+    r = _renderer(int(width), int(height))
+    r.scene.clear_geometry()
+    bg = np.asarray(background, dtype=np.float64) / 255.0
+    r.scene.set_background([float(bg[0]), float(bg[1]), float(bg[2]), 1.0])
+    if len(p):
+        pcd = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(p[:, :3].astype(np.float64)))
+        pcd.colors = o3d.utility.Vector3dVector(col.astype(np.float64) / 255.0)
+        mat = rendering.MaterialRecord()
+        mat.shader = "defaultUnlit"
+        mat.point_size = float(point_size)
+        r.scene.add_geometry("scan", pcd, mat)
+    if cam.projection == "ortho":
+        r.scene.camera.set_projection(rendering.Camera.Projection.Ortho, -cam.half_width, cam.half_width,
+                                      -cam.half_height, cam.half_height, cam.near, cam.far)
+    else:
+        r.scene.camera.set_projection(cam.fov_deg, width / height, cam.near, cam.far,
+                                      rendering.Camera.FovType.Vertical)
+    r.scene.camera.look_at(list(cam.center), list(cam.eye), list(cam.up))
+    img = np.asarray(r.render_to_image())
+    return np.ascontiguousarray(img[:, :, :3]).astype(np.uint8, copy=False)
+
+
+# -- subprocess wrapper ------------------------------------------------------------
+
+def render_scans_subprocess(jobs: Sequence[Dict[str, Any]], timeout: float = 180.0) -> List[np.ndarray]:
+    """Render several scans in one child process (one Open3D start-up).
+
+    Each job is a dict with ``points``, ``colors`` and optional keyword
+    arguments of :func:`render_scan` (``width``, ``height``, ``camera`` (a
+    name), ``point_size``, ``background``, ``view_m``). A crash, a timeout or a
+    missing Open3D in the child raises ``RuntimeError`` with the child's output.
+    """
+    with tempfile.TemporaryDirectory(prefix="cdcl_render_") as tmp:
+        arrays: Dict[str, np.ndarray] = {}
+        meta = []
+        for i, job in enumerate(jobs):
+            p = _check_points(job["points"])
+            arrays[f"points_{i}"] = np.asarray(p[:, :3], dtype=np.float32)
+            arrays[f"colors_{i}"] = _as_uint8_colors(job["colors"], len(p))
+            kw = {k: v for k, v in job.items() if k not in ("points", "colors")}
+            if isinstance(kw.get("camera"), Camera):
+                kw["camera"] = {"__camera__": asdict(kw["camera"])}
+            meta.append(kw)
+        arrays["meta"] = np.array(json.dumps(meta))
+        src, dst = os.path.join(tmp, "in.npz"), os.path.join(tmp, "out.npz")
+        np.savez(src, **arrays)
+        cmd = [sys.executable, "-m", "cdcl3d.vis.render", "--npz", src, "--out", dst]
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired as exc:
+            raise RuntimeError(f"Open3D offscreen rendering timed out after {timeout:.0f} s") from exc
+        if proc.returncode != 0 or not os.path.exists(dst):
+            how = (f"killed by signal {-proc.returncode}" if proc.returncode < 0
+                   else f"exit status {proc.returncode}")
+            tail = (proc.stdout[-1500:] + "\n" + proc.stderr[-1500:]).strip()
+            raise RuntimeError(
+                f"Open3D offscreen rendering failed in the child process ({how}); a Vulkan or EGL "
+                "driver is needed (e.g. apt packages libvulkan1 mesa-vulkan-drivers libegl1 libgl1). "
+                f"Child output:\n{tail}")
+        with np.load(dst) as out:
+            return [out[f"image_{i}"] for i in range(len(jobs))]
+
+
+def render_scan_subprocess(points: np.ndarray, colors: np.ndarray, width: int = 800, height: int = 600,
+                           camera: Union[str, Camera] = "bev", point_size: float = 2.0,
+                           background: Sequence[int] = BACKGROUND_COLOR, view_m: float = 100.0,
+                           timeout: float = 180.0) -> np.ndarray:
+    """:func:`render_scan` in a child process; a renderer crash raises RuntimeError."""
+    job = dict(points=points, colors=colors, width=int(width), height=int(height), camera=camera,
+               point_size=float(point_size), background=[int(c) for c in background], view_m=float(view_m))
+    return render_scans_subprocess([job], timeout=timeout)[0]
+
+
+def render_any(points: np.ndarray, colors: np.ndarray, backend: str = "subprocess", **kwargs: Any) -> np.ndarray:
+    """Render with ``backend``: 'subprocess' (Open3D in a child), 'open3d' (in
+    this process) or 'numpy' (:func:`splat_scan`)."""
+    if backend == "subprocess":
+        return render_scan_subprocess(points, colors, **kwargs)
+    kwargs.pop("timeout", None)
+    if backend == "open3d":
+        return render_scan(points, colors, **kwargs)
+    if backend == "numpy":
+        return splat_scan(points, colors, **kwargs)
+    raise ValueError(f"unknown render backend {backend!r}; valid: subprocess, open3d, numpy")
+
+
+def save_png(image: np.ndarray, path: str) -> str:
+    """Write an ``(H, W, 3) uint8`` image as PNG (creating the folder); returns the path."""
+    from PIL import Image
+
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    Image.fromarray(np.asarray(image, dtype=np.uint8)).save(path)
+    return path
+
+
+def _child_main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description="Render point clouds offscreen (child process of "
+                                     "render_scans_subprocess).")
+    parser.add_argument("--npz", required=True, help="input .npz with points_i, colors_i, meta")
+    parser.add_argument("--out", required=True, help="output .npz with image_i")
+    args = parser.parse_args(argv)
+    with np.load(args.npz) as data:
+        meta = json.loads(str(data["meta"]))
+        images = {}
+        for i, kw in enumerate(meta):
+            cam = kw.get("camera")
+            if isinstance(cam, dict) and "__camera__" in cam:
+                fields = cam["__camera__"]
+                kw["camera"] = Camera(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
+            images[f"image_{i}"] = render_scan(data[f"points_{i}"], data[f"colors_{i}"], **kw)
+    tmp = args.out + ".part.npz"
+    np.savez(tmp, **images)
+    os.replace(tmp, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_child_main())
