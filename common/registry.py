@@ -76,6 +76,9 @@ def load_plugins() -> None:
     _loaded = True
     from importlib.metadata import entry_points
 
+    from . import toy
+    toy.register()
+
     try:
         eps = entry_points(group="cdcl.plugins")
     except TypeError:  # python < 3.10

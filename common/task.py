@@ -14,7 +14,8 @@ Contracts
 * After ``collate_fn`` a batch is a dict holding at least ``"inputs"``
   (a float tensor ``(B, C, ...)``) and, for labelled splits, ``"labels"``
   (a long tensor matching the model's dense output, ``(B, H, W)``).
-* ``build_model(model_cfg, num_classes, norm_layer)`` returns a *plain*
+* ``build_model(model_cfg, num_classes, norm_layer)`` (``norm_layer=None``:
+  the model's own default norm) returns a *plain*
   single-dataset network (ordinary norm layers, one classifier with
   ``num_classes`` outputs) with an attribute ``heads: list[str]``: the dotted
   paths of its classifier layers (``nn.Conv*``/``nn.Linear`` whose outputs are

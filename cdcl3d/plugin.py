@@ -1,0 +1,31 @@
+"""Registers the LiDAR task, its commands and its synth target with the core."""
+from __future__ import annotations
+
+
+def register() -> None:
+    from common.registry import COMMANDS, SYNTH, TASKS, Command
+
+    from .task import LidarTask
+
+    TASKS.register("3d", LidarTask())
+
+    def _synth_args(p):
+        from .synth.cli import add_arguments
+        add_arguments(p)
+
+    def _synth_run(args):
+        from .synth.cli import run
+        return run(args)
+
+    SYNTH.register("lidar", Command("generated SemanticKITTI + nuScenes scans", _synth_args, _synth_run))
+
+    def _show_args(p):
+        from .vis.cli import add_arguments
+        add_arguments(p)
+
+    def _show_run(args):
+        from .vis.cli import run
+        return run(args)
+
+    COMMANDS.register("show", Command("show a scan with labels/predictions (Open3D window or PNG)",
+                                      _show_args, _show_run))

@@ -1,0 +1,283 @@
+"""The ``cdcl`` command.
+
+Core sub-commands live here (train, eval, info, predict, export, precise-bn,
+demo, synth); task packages add theirs (``show`` ...) and their synth targets
+through :mod:`common.registry` when their plugin loads.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from typing import List, Optional
+
+from .registry import COMMANDS, SYNTH, TASKS, load_plugins
+
+
+def _setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+
+
+def _add_config(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", help="YAML experiment file")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="dotted overrides, e.g. train.iterations=200 data.semantickitti.root=/data/kitti")
+
+
+def _load(args):
+    from .config import load_config
+    return load_config(args.config, args.overrides)
+
+
+# -- train / eval ----------------------------------------------------------------
+
+def cmd_train(args) -> int:
+    from .trainer import train
+
+    cfg = _load(args)
+    work_dir = args.work_dir or os.path.join(
+        "work_dirs", os.path.splitext(os.path.basename(args.config))[0])
+    train(cfg, work_dir, resume=args.resume)
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from .evaluation import evaluate_checkpoint
+
+    cfg = _load(args)
+    evaluate_checkpoint(cfg, args.checkpoint, out=args.out, split=args.split)
+    if args.out:
+        print(f"wrote {args.out}")
+    return 0
+
+
+# -- info ------------------------------------------------------------------------
+
+def cmd_info(args) -> int:
+    import torch
+
+    from .build import build_dataset, build_model, get_task, num_classes_of
+    from .dataset_specific import collapse, dataset_specific_modules
+    from .flops import count_macs, count_parameters
+
+    cfg = _load(args)
+    task = get_task(cfg)
+    if args.no_data:
+        num_classes = {n: int(cfg.data[n].params.get("num_classes", 0) or 0) for n in cfg.names}
+        if not all(num_classes.values()):
+            print("--no-data needs data.<name>.num_classes in the config", file=sys.stderr)
+            return 2
+    else:
+        num_classes = {n: num_classes_of(build_dataset(cfg, n, cfg.data[n].val_split, False, task))
+                       for n in cfg.names}
+    model = build_model(cfg, num_classes, task).eval()
+    total = count_parameters(model)
+    print(f"task {cfg.task}, model {cfg.model.get('name')}, strategy {cfg.strategy.name}, "
+          f"datasets {cfg.names}")
+    print(f"training model (all branches): {total:,} parameters")
+    specific = [(p, m) for p, m in dataset_specific_modules(model)]
+    kinds = {}
+    for p, m in specific:
+        kind = type(next(iter(m.branches.values()))).__name__
+        kinds.setdefault(kind, []).append(p)
+    print(f"dataset-specific modules: {len(specific)}")
+    for kind, paths in kinds.items():
+        shown = ", ".join(paths[:6]) + (" ..." if len(paths) > 6 else "")
+        print(f"  {kind} x{len(paths)}: {shown}")
+    print(f"\n{'dataset':<16} {'classes':>7} {'params':>12} {'GMACs':>9} {'GFLOPs':>9}  input")
+    for n in cfg.names:
+        plain = collapse(model, n)
+        shape = tuple(task.input_shape(n, cfg.data[n].as_dict()))
+        macs = count_macs(plain, torch.zeros((1,) + shape))
+        print(f"{n:<16} {num_classes[n]:>7} {count_parameters(plain):>12,} {macs / 1e9:>9.3f} "
+              f"{2 * macs / 1e9:>9.3f}  {shape}")
+    return 0
+
+
+# -- predict / export / precise-bn -------------------------------------------------
+
+def _model_from_checkpoint(args):
+    import torch
+
+    from .checkpoint import load_checkpoint
+    from .config import config_from_text, load_config
+    from .dist import select_device
+    from .evaluation import load_model_for_eval
+
+    if getattr(args, "config", None):
+        cfg = load_config(args.config, getattr(args, "overrides", []) or [])
+    else:
+        state = load_checkpoint(args.checkpoint)
+        cfg = config_from_text(state["config"], source=f"{args.checkpoint}:config")
+    device = select_device(getattr(args, "device", None) or cfg.train.device)
+    return cfg, load_model_for_eval(cfg, args.checkpoint, device), device
+
+
+def cmd_predict(args) -> int:
+    from torch.utils.data import DataLoader
+
+    from .build import build_dataset, get_task
+    from .dataset_specific import route
+
+    cfg, model, device = _model_from_checkpoint(args)
+    task = get_task(cfg)
+    if args.dataset not in cfg.data:
+        print(f"unknown dataset {args.dataset!r}; config has {cfg.names}", file=sys.stderr)
+        return 2
+    ds = build_dataset(cfg, args.dataset, args.split, False, task)
+    loader = DataLoader(ds, batch_size=1, shuffle=False, num_workers=cfg.eval.num_workers,
+                        collate_fn=task.collate_fn(args.dataset, cfg.data[args.dataset].as_dict()))
+    from .evaluation import eval_options
+    with route(model, args.dataset):
+        written = task.predict(model, loader, args.dataset, ds, device, args.out,
+                               dict(eval_options(cfg, args.dataset), split=args.split))
+    print(f"wrote predictions for {args.dataset}/{args.split} under {args.out}"
+          + (f" ({written} files)" if isinstance(written, int) else ""))
+    return 0
+
+
+def cmd_export(args) -> int:
+    from .export import export_onnx
+
+    cfg, model, device = _model_from_checkpoint(args)
+    report = export_onnx(cfg, model.cpu(), args.dataset, args.out, fold=not args.no_fold)
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+def cmd_precise_bn(args) -> int:
+    from .precise_bn import precise_bn_from_args
+    return precise_bn_from_args(args)
+
+
+# -- demo / synth ----------------------------------------------------------------
+
+def cmd_demo(args) -> int:
+    task = TASKS.get(args.task)
+    if not hasattr(task, "demo"):
+        print(f"task {args.task!r} has no demo", file=sys.stderr)
+        return 2
+    return int(task.demo(args) or 0)
+
+
+def cmd_synth(args) -> int:
+    return int(SYNTH.get(args.target).run(args) or 0)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    load_plugins()
+    parser = argparse.ArgumentParser(
+        prog="cdcl", description="Cross-Dataset Collaborative Learning: one segmentation network, "
+                                 "several datasets, dataset-specific BatchNorm and heads.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    p = sub.add_parser("train", help="train a config (single, CDCL or an ablation)")
+    _add_config(p)
+    p.add_argument("--work-dir", help="output folder (default work_dirs/<config name>)")
+    p.add_argument("--resume", metavar="PATH|auto", help="continue from a checkpoint; 'auto': latest in work dir")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="evaluate a checkpoint on every dataset of a config")
+    _add_config(p)
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--out", help="write the numbers as JSON here")
+    p.add_argument("--split", help="split to evaluate (default each dataset's val_split)")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("info", help="parameters, FLOPs and dataset-specific modules per dataset")
+    _add_config(p)
+    p.add_argument("--no-data", action="store_true", help="take class counts from data.<name>.num_classes")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("predict", help="write predictions in the benchmark's submission format")
+    _add_config(p)
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--split", default="test")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("export", help="collapse to one dataset, fold BN, export ONNX")
+    p.add_argument("checkpoint")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--config", help="config file (default: the one stored in the checkpoint)")
+    p.add_argument("--no-fold", action="store_true", help="keep BatchNorm layers")
+    p.set_defaults(func=cmd_export, overrides=[])
+
+    p = sub.add_parser("precise-bn", help="recompute one branch's BN statistics on a dataset")
+    _add_config(p)
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--dataset", required=True, help="the dataset (from the config) to take statistics on")
+    p.add_argument("--branch", help="the BN branch to update (default: --dataset, or the first dataset)")
+    p.add_argument("--batches", type=int, default=200)
+    p.add_argument("--out", required=True, help="where to write the updated checkpoint")
+    p.set_defaults(func=cmd_precise_bn)
+
+    p = sub.add_parser("demo", help="generate data, train baselines and CDCL, print the table")
+    p.add_argument("--task", default="3d", help="3d (LiDAR, default), 2d (images) or toy")
+    p.add_argument("--out", default="demo_out")
+    p.add_argument("--seeds", type=int, nargs="+", default=None)
+    p.add_argument("--quick", action="store_true", help="a much shorter run (smoke test)")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("synth", help="write generated datasets in the real on-disk formats")
+    tsub = p.add_subparsers(dest="target", metavar="TARGET")
+    tsub.required = True
+    for name in SYNTH.names():
+        c = SYNTH.get(name)
+        tp = tsub.add_parser(name, help=c.help)
+        _safe_add_arguments(c, tp, f"synth {name}")
+    p.set_defaults(func=cmd_synth)
+
+    for name in COMMANDS.names():
+        c = COMMANDS.get(name)
+        cp = sub.add_parser(name, help=c.help)
+        if _safe_add_arguments(c, cp, name):
+            cp.set_defaults(func=c.run)
+    return parser
+
+
+def _safe_add_arguments(c, parser: argparse.ArgumentParser, label: str) -> bool:
+    """A command whose module fails to import stays listed and says why when run."""
+    try:
+        c.add_arguments(parser)
+        return True
+    except Exception as exc:  # keep the rest of the CLI usable
+        err = f"{type(exc).__name__}: {exc}"
+
+        def unavailable(args, _err=err):
+            print(f"cdcl {label}: unavailable ({_err})", file=sys.stderr)
+            return 2
+        parser.set_defaults(func=unavailable)
+        parser.add_argument("rest", nargs=argparse.REMAINDER)
+        return False
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    # overrides may come after options (`cdcl train C --work-dir D a.b=1`)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
+            args.overrides = list(args.overrides or []) + extra
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    _setup_logging(args.verbose)
+    from .checkpoint import CheckpointError
+    from .config import ConfigError
+    try:
+        return int(args.func(args) or 0)
+    except (ConfigError, CheckpointError, FileNotFoundError, KeyError) as exc:
+        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"cdcl {args.command}: error: {msg}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

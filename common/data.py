@@ -1,0 +1,203 @@
+"""Multi-dataset loading: one loader per dataset, each cycled forever, resumable.
+
+Every dataset gets its own :class:`InfiniteLoader` with its own batch size and
+seed. An epoch's order is a permutation drawn from ``(seed, epoch)`` and every
+sample is loaded under RNG state derived from ``(seed, epoch, index)``, so
+augmentation is reproducible whatever the number of workers, and a resumed
+run (``state_dict`` → ``load_state_dict``) continues with exactly the batches
+an uninterrupted run would have seen. Under DDP each loader shards its
+permutation by rank (what ``DistributedSampler`` does).
+"""
+from __future__ import annotations
+
+import logging
+import random
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+logger = logging.getLogger(__name__)
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1)[0])
+
+
+class SeededDataset(Dataset):
+    """Loads ``base[index]`` with python/numpy/torch RNGs seeded per sample.
+
+    Items of the index stream are ``(index, seed)``. In the main process the
+    global RNG state is restored afterwards so that loading never disturbs the
+    training RNG (dropout etc.).
+    """
+
+    def __init__(self, base: Dataset) -> None:
+        self.base = base
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, item: Tuple[int, int]):
+        index, seed = item
+        in_worker = torch.utils.data.get_worker_info() is not None
+        if not in_worker:
+            saved = (random.getstate(), np.random.get_state(), torch.get_rng_state())
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+        try:
+            return self.base[index]
+        finally:
+            if not in_worker:
+                random.setstate(saved[0])
+                np.random.set_state(saved[1])
+                torch.set_rng_state(saved[2])
+
+
+class InfiniteLoader:
+    """Yields batches of one dataset forever; position is part of its state."""
+
+    def __init__(self, dataset: Dataset, batch_size: int, seed: int = 0,
+                 collate_fn: Optional[Callable] = None, num_workers: int = 0,
+                 shuffle: bool = True, rank: int = 0, world_size: int = 1,
+                 pin_memory: bool = False) -> None:
+        if len(dataset) == 0:
+            raise ValueError(f"dataset {getattr(dataset, 'name', type(dataset).__name__)} is empty")
+        self.dataset = dataset
+        self.batch_size = batch_size
+        self.seed = seed
+        self.collate_fn = collate_fn
+        self.num_workers = num_workers
+        self.shuffle = shuffle
+        self.rank, self.world_size = rank, world_size
+        self.pin_memory = pin_memory
+        self.epoch = 0
+        self.position = 0  # batches of the current epoch already consumed
+        self._iter: Optional[Iterator] = None
+
+    def _epoch_indices(self, epoch: int) -> List[int]:
+        n = len(self.dataset)
+        if self.shuffle:
+            g = torch.Generator().manual_seed(sample_seed(self.seed, epoch, -1 % (2 ** 31)))
+            order = torch.randperm(n, generator=g).tolist()
+        else:
+            order = list(range(n))
+        # Every rank gets the same number of full batches: repeat the order
+        # when the dataset is smaller than one global batch, drop the tail.
+        global_batch = self.batch_size * self.world_size
+        while len(order) < global_batch:
+            order = order + order
+        usable = len(order) // global_batch * global_batch
+        return order[self.rank:usable:self.world_size]
+
+    def batches_per_epoch(self) -> int:
+        return len(self._epoch_indices(0)) // self.batch_size
+
+    def _batches(self, epoch: int) -> List[List[Tuple[int, int]]]:
+        idx = self._epoch_indices(epoch)
+        items = [(i, sample_seed(self.seed, epoch, i)) for i in idx]
+        return [items[k:k + self.batch_size] for k in range(0, len(items), self.batch_size)]
+
+    def _start(self) -> None:
+        batches = self._batches(self.epoch)[self.position:]
+        loader = DataLoader(SeededDataset(self.dataset), batch_sampler=batches,
+                            collate_fn=self.collate_fn, num_workers=self.num_workers,
+                            pin_memory=self.pin_memory,
+                            # a private generator: creating the iterator must
+                            # not consume the global torch RNG
+                            generator=torch.Generator().manual_seed(self.seed),
+                            persistent_workers=False)
+        self._iter = iter(loader)
+
+    def __iter__(self) -> "InfiniteLoader":
+        return self
+
+    def __next__(self):
+        while True:
+            if self._iter is None:
+                self._start()
+            try:
+                batch = next(self._iter)
+            except StopIteration:
+                self.epoch += 1
+                self.position = 0
+                self._iter = None
+                continue
+            self.position += 1
+            return batch
+
+    @property
+    def progress(self) -> float:
+        """Epochs completed, fractional."""
+        return self.epoch + self.position / max(1, self.batches_per_epoch())
+
+    def state_dict(self) -> Dict[str, int]:
+        return {"epoch": self.epoch, "position": self.position}
+
+    def load_state_dict(self, state: Dict[str, int]) -> None:
+        self.epoch, self.position = int(state["epoch"]), int(state["position"])
+        self._iter = None
+
+
+class MultiLoader:
+    """``{name: InfiniteLoader}``; ``next()`` gives ``{name: batch}``."""
+
+    def __init__(self, loaders: Dict[str, InfiniteLoader], reference: Optional[str] = None) -> None:
+        self.loaders = loaders
+        self.reference = reference or next(iter(loaders))
+
+    def next(self, names: Optional[List[str]] = None) -> Dict[str, Any]:
+        return {n: next(self.loaders[n]) for n in (names or list(self.loaders))}
+
+    @property
+    def epoch(self) -> float:
+        return self.loaders[self.reference].progress
+
+    def state_dict(self) -> Dict[str, Dict[str, int]]:
+        return {n: l.state_dict() for n, l in self.loaders.items()}
+
+    def load_state_dict(self, state: Dict[str, Dict[str, int]]) -> None:
+        for n, s in state.items():
+            if n in self.loaders:
+                self.loaders[n].load_state_dict(s)
+
+
+class RemapLabels(Dataset):
+    """Maps the label fields of every item through a lookup table (label remapping)."""
+
+    FIELDS = ("labels", "points_labels")
+
+    def __init__(self, base: Dataset, lut: np.ndarray, class_names: List[str]) -> None:
+        self.base = base
+        self.lut = torch.as_tensor(lut, dtype=torch.int64)
+        self.class_names = list(class_names)
+        self.num_classes = len(class_names)
+        self.ignore_index = getattr(base, "ignore_index", 255)
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getattr__(self, name: str):
+        if name == "base":
+            raise AttributeError(name)
+        return getattr(self.base, name)
+
+    def __getitem__(self, i: int):
+        item = dict(self.base[i])
+        for key in self.FIELDS:
+            v = item.get(key)
+            if isinstance(v, torch.Tensor):
+                item[key] = self.lut[v.long()]
+            elif isinstance(v, np.ndarray):
+                item[key] = self.lut.numpy()[v.astype(np.int64)]
+        return item
+
+
+def build_label_lut(mapping: Dict[int, int], ignore_index: int = 255, size: int = 256) -> np.ndarray:
+    """Lookup table: ids in ``mapping`` go to their target, others to ignore."""
+    lut = np.full(max(size, ignore_index + 1), ignore_index, dtype=np.int64)
+    for src, dst in mapping.items():
+        lut[int(src)] = int(dst)
+    return lut

@@ -1,0 +1,127 @@
+"""Per-dataset evaluation, used during training and by ``cdcl eval``."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Any, Dict, Optional
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Subset
+
+from .build import build_dataset, build_model, get_task, num_classes_of
+from .checkpoint import load_checkpoint, unwrap
+from .config import Config
+from .dataset_specific import route
+from .metrics import ConfusionMatrix
+from .task import Task
+
+logger = logging.getLogger(__name__)
+
+
+def build_eval_loader(cfg: Config, name: str, dataset, task: Task) -> DataLoader:
+    if cfg.eval.max_samples is not None and len(dataset) > cfg.eval.max_samples:
+        dataset_view = Subset(dataset, list(range(cfg.eval.max_samples)))
+    else:
+        dataset_view = dataset
+    return DataLoader(dataset_view, batch_size=cfg.eval.batch_size, shuffle=False,
+                      num_workers=cfg.eval.num_workers,
+                      collate_fn=task.collate_fn(name, cfg.data[name].as_dict()),
+                      generator=torch.Generator().manual_seed(0))
+
+
+def eval_options(cfg: Config, name: str) -> Dict[str, Any]:
+    """Task evaluation options: ``eval.options`` then ``data.<name>`` overrides."""
+    opts = dict(cfg.eval.options)
+    opts.update(cfg.data[name].params.get("eval", {}) if isinstance(cfg.data[name].params.get("eval"), dict) else {})
+    return opts
+
+
+@torch.no_grad()
+def evaluate_model(cfg: Config, model: nn.Module, device: torch.device,
+                   datasets: Optional[Dict[str, Any]] = None, task: Optional[Task] = None,
+                   split: Optional[str] = None) -> Dict[str, Dict[str, Any]]:
+    """Evaluate every dataset of ``cfg`` on its validation split.
+
+    Returns ``{dataset: {"miou", "acc", "fwiou", "iou": {class: iou},
+    "variants": {variant: summary}, "tables": str}}``; the headline numbers
+    are those of the task's first evaluation variant.
+    """
+    task = task or get_task(cfg)
+    model = unwrap(model)
+    was_training = model.training
+    model.eval()
+    results: Dict[str, Dict[str, Any]] = {}
+    for name in cfg.names:
+        ds = (datasets or {}).get(name)
+        if ds is None:
+            ds = build_dataset(cfg, name, split or cfg.data[name].val_split, False, task)
+        loader = build_eval_loader(cfg, name, ds, task)
+        with route(model, name):
+            cms: Dict[str, ConfusionMatrix] = task.evaluate(model, loader, name, ds, device,
+                                                           eval_options(cfg, name))
+        mode = task.miou_mode(name, cfg.data[name].as_dict())
+        variants = {k: cm.summary(mode) for k, cm in cms.items()}
+        headline = next(iter(variants))
+        res = dict(variants[headline])
+        res["variant"] = headline
+        res["variants"] = variants
+        res["tables"] = "\n\n".join(cm.table(f"[{name}] {k}", mode) for k, cm in cms.items())
+        results[name] = res
+    if was_training:
+        model.train()
+    return results
+
+
+def results_json(results: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
+    return {n: {k: v for k, v in r.items() if k != "tables"} for n, r in results.items()}
+
+
+def summary_table(results: Dict[str, Dict[str, Any]]) -> str:
+    lines = [f"{'dataset':<16} {'variant':<12} {'mIoU':>7} {'acc':>7} {'fwIoU':>7}"]
+    for name, r in results.items():
+        for var, s in r["variants"].items():
+            lines.append(f"{name:<16} {var:<12} {100 * s['miou']:7.2f} {100 * s['acc']:7.2f} "
+                         f"{100 * s['fwiou']:7.2f}")
+    return "\n".join(lines)
+
+
+def load_model_for_eval(cfg: Config, checkpoint: str, device: torch.device,
+                        task: Optional[Task] = None) -> nn.Module:
+    """Build the model of ``cfg`` and load a checkpoint's weights into it."""
+    task = task or get_task(cfg)
+    state = load_checkpoint(checkpoint, map_location="cpu")
+    num_classes = state.get("num_classes")
+    if num_classes is None:
+        num_classes = {n: num_classes_of(build_dataset(cfg, n, cfg.data[n].val_split, False, task))
+                       for n in cfg.names}
+    model = build_model(cfg, dict(num_classes), task)
+    missing, unexpected = model.load_state_dict(state["model"], strict=False)
+    if missing or unexpected:
+        raise RuntimeError(f"checkpoint {checkpoint} does not match the config's model: "
+                           f"missing keys {missing[:8]}{'...' if len(missing) > 8 else ''}, "
+                           f"unexpected keys {unexpected[:8]}{'...' if len(unexpected) > 8 else ''}")
+    return model.to(device).eval()
+
+
+def evaluate_checkpoint(cfg: Config, checkpoint: str, out: Optional[str] = None,
+                        device: Optional[torch.device] = None, split: Optional[str] = None,
+                        verbose: bool = True) -> Dict[str, Any]:
+    """``cdcl eval``: tables on the console and (optionally) a JSON file."""
+    from .dist import select_device
+
+    device = device or select_device(cfg.train.device)
+    task = get_task(cfg)
+    model = load_model_for_eval(cfg, checkpoint, device, task)
+    results = evaluate_model(cfg, model, device, task=task, split=split)
+    if verbose:
+        for r in results.values():
+            print(r["tables"], end="\n\n")
+        print(summary_table(results))
+    data = results_json(results)
+    if out:
+        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+        with open(out, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=2)
+    return data

@@ -1,0 +1,97 @@
+"""Precise BatchNorm: recompute one branch's running statistics on a loader.
+
+Used for zero-shot transfer to an unseen dataset (the paper's KITTI table):
+run the chosen dataset branch over the new data in train mode with momentum
+``None`` (a cumulative average), weights frozen.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable, Optional
+
+import torch
+from torch import nn
+
+from .dataset_specific import route
+
+
+@torch.no_grad()
+def update_bn_stats(model: nn.Module, loader: Iterable, forward: Callable[[nn.Module, Any], Any],
+                    num_batches: int = 200, branch: Optional[str] = None,
+                    device: Optional[torch.device] = None) -> int:
+    """Recompute BN running mean/var of ``branch`` (or a plain model) over
+    ``num_batches`` batches. Returns the number of batches used."""
+    from .utils import to_device
+
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [(m.momentum, m.training) for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average: every batch weighs the same
+    model.eval()
+    for m in bns:
+        m.train()
+    used = 0
+    ctx = route(model, branch) if branch else _null()
+    try:
+        with ctx:
+            for batch in loader:
+                if used >= num_batches:
+                    break
+                forward(model, to_device(batch, device) if device is not None else batch)
+                used += 1
+    finally:
+        for m, (mom, tr) in zip(bns, saved):
+            m.momentum = mom
+            m.train(tr)
+    model.eval()
+    return used
+
+
+class _null:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *a):
+        return False
+
+
+def precise_bn_from_args(args) -> int:
+    """``cdcl precise-bn CONFIG --checkpoint C --dataset D [--branch B] --out NEW``."""
+    import copy
+
+    from torch.utils.data import DataLoader
+
+    from .build import build_dataset, get_task
+    from .checkpoint import load_checkpoint, save_checkpoint
+    from .config import load_config
+    from .dataset_specific import collapse, dataset_names
+    from .dist import select_device
+    from .evaluation import load_model_for_eval
+
+    cfg = load_config(args.config, args.overrides)
+    task = get_task(cfg)
+    device = select_device(cfg.train.device)
+    model = load_model_for_eval(cfg, args.checkpoint, device, task)
+    branch = args.branch or (args.dataset if args.dataset in dataset_names(model) else cfg.names[0])
+    ds = build_dataset(cfg, args.dataset, cfg.data[args.dataset].train_split, False, task)
+    loader = DataLoader(ds, batch_size=cfg.data[args.dataset].batch_size, shuffle=True,
+                        collate_fn=task.collate_fn(args.dataset, cfg.data[args.dataset].as_dict()),
+                        generator=torch.Generator().manual_seed(cfg.train.seed))
+    # Only the chosen branch must change: update a collapsed copy, then copy
+    # its statistics back into that branch.
+    plain = collapse(model, branch) if dataset_names(model) else copy.deepcopy(model)
+    used = update_bn_stats(plain, loader, task.forward, args.batches, None, device)
+    state = model.state_dict()
+    for k, v in plain.state_dict().items():
+        if not (k.endswith("running_mean") or k.endswith("running_var") or k.endswith("num_batches_tracked")):
+            continue
+        parts = k.split(".")
+        wrapped = ".".join(parts[:-1] + ["branches", branch, parts[-1]])
+        target = wrapped if wrapped in state else k
+        state[target] = v
+    model.load_state_dict(state)
+    ck = load_checkpoint(args.checkpoint)
+    ck["model"] = {k: v.cpu() for k, v in model.state_dict().items()}
+    save_checkpoint(ck, args.out)
+    print(f"recomputed BN statistics of branch {branch!r} on {args.dataset} ({used} batches) -> {args.out}")
+    return 0
