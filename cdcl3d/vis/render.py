@@ -19,7 +19,8 @@ Cameras (:func:`make_camera`):
   right and ``+y`` up in the picture; ``view_m`` metres across the width
   (default 100 m, so 800x600 shows 100 m x 75 m).
 * ``chase``: perspective (60 degrees vertical field of view) from 20 m behind
-  and 12 m above the sensor, looking ahead along ``+x``.
+  and 12 m above the sensor, looking ahead along ``+x`` (``forward='y'`` for
+  nuScenes, whose LIDAR_TOP frame has ``+y`` forward).
 
 :func:`project_points_to_image` tells where each point lands in the picture.
 """
@@ -60,9 +61,12 @@ class Camera:
     fov_deg: float = 60.0
 
 
-def make_camera(camera: Union[str, Camera], width: int, height: int, view_m: float = 100.0) -> Camera:
+def make_camera(camera: Union[str, Camera], width: int, height: int, view_m: float = 100.0,
+                forward: str = "x") -> Camera:
     """The named camera ('bev' or 'chase') for a ``width`` x ``height`` picture;
-    a :class:`Camera` passes through."""
+    a :class:`Camera` passes through. ``forward`` is the sensor's driving
+    axis, which the chase camera looks along: 'x' for SemanticKITTI, 'y' for
+    nuScenes' LIDAR_TOP frame."""
     if isinstance(camera, Camera):
         return camera
     if camera == "bev":
@@ -72,7 +76,12 @@ def make_camera(camera: Union[str, Camera], width: int, height: int, view_m: flo
         return Camera("ortho", eye=(0.0, 0.0, 500.0), center=(0.0, 0.0, 0.0), up=(0.0, 1.0, 0.0),
                       near=1.0, far=1000.0, half_width=half_w, half_height=half_h)
     if camera == "chase":
-        return Camera("perspective", eye=(-20.0, 0.0, 12.0), center=(20.0, 0.0, 0.0),
+        if forward not in ("x", "y"):
+            raise ValueError(f"forward axis must be 'x' or 'y', got {forward!r}")
+        ax = np.array([1.0, 0.0, 0.0]) if forward == "x" else np.array([0.0, 1.0, 0.0])
+        eye = tuple(float(c) for c in -20.0 * ax + np.array([0.0, 0.0, 12.0]))
+        center = tuple(float(c) for c in 20.0 * ax)
+        return Camera("perspective", eye=eye, center=center,
                       up=(0.0, 0.0, 1.0), near=0.5, far=500.0, fov_deg=60.0)
     raise ValueError(f"unknown camera {camera!r}; valid: {list(CAMERAS)}")
 
@@ -307,6 +316,44 @@ def save_png(image: np.ndarray, path: str) -> str:
     os.makedirs(folder, exist_ok=True)
     Image.fromarray(np.asarray(image, dtype=np.uint8)).save(path)
     return path
+
+
+def render_gt_vs_pred(points: np.ndarray, labels: np.ndarray, preds: np.ndarray, palette: np.ndarray,
+                      class_names: Sequence[str], path: Optional[str] = None, width: int = 800,
+                      height: int = 600, camera: Union[str, Camera] = "bev", point_size: float = 2.0,
+                      backend: str = "subprocess", ignore_index: int = 255) -> np.ndarray:
+    """Ground truth and prediction side by side, with a legend of the classes
+    present in either; written as PNG when ``path`` is given.
+
+    ``labels``/``preds`` are train ids (``ignore_index`` drawn dark grey). Both
+    renders run in one child process with ``backend='subprocess'``. Returns
+    ``(height, 2 * width + legend, 3) uint8``.
+    """
+    from .colors import label_colors, present_classes
+    from .legend import add_legend, draw_caption, legend_entries
+
+    p = _check_points(points)
+    n = len(p)
+    for name, arr in (("labels", labels), ("preds", preds)):
+        if np.asarray(arr).shape != (n,):
+            raise ValueError(f"{name} has shape {np.asarray(arr).shape}, expected ({n},)")
+    cols = [label_colors(labels, palette, ignore_index), label_colors(preds, palette, ignore_index)]
+    kw = dict(width=int(width), height=int(height), camera=camera, point_size=float(point_size))
+    if backend == "subprocess":
+        images = render_scans_subprocess([dict(points=p, colors=c, **kw) for c in cols])
+    else:
+        images = [render_any(p, c, backend=backend, **kw) for c in cols]
+    acc = float((np.asarray(preds) == np.asarray(labels))[np.asarray(labels) != ignore_index].mean()) \
+        if (np.asarray(labels) != ignore_index).any() else float("nan")
+    images = [draw_caption(images[0], "ground truth"),
+              draw_caption(images[1], f"prediction (point accuracy {acc:.1%})")]
+    sep = np.full((int(height), 4, 3), 255, dtype=np.uint8)
+    both = np.concatenate([images[0], sep, images[1]], axis=1)
+    ids = present_classes(labels, preds, num_classes=len(palette), ignore_index=ignore_index)
+    out = add_legend(both, legend_entries(ids, class_names, palette), title="classes")
+    if path is not None:
+        save_png(out, path)
+    return out
 
 
 def _child_main(argv: Optional[Sequence[str]] = None) -> int:

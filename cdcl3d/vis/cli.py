@@ -1,0 +1,295 @@
+"""``cdcl show``: look at a scan, its labels and a prediction.
+
+    cdcl show SCAN [--labels L] [--pred P] [--color MODE] [--png OUT]
+                   [--width W --height H] [--camera bev|chase]
+                   [--dataset semantickitti|nuscenes] [--range-png OUT] [--window]
+
+Files and the ids they hold:
+
+* SemanticKITTI (``.bin``): labels default to ``../labels/NNNNNN.label``
+  beside the ``velodyne`` folder when present. Labels and predictions are
+  both ``.label`` files of raw ids (uint32, instance bits allowed), i.e. the
+  benchmark's submission format; they go through the learning map to train ids.
+  ``--pred`` may also name a folder holding ``NNNNNN.label``.
+* nuScenes (``.pcd.bin``, inferred from the suffix): ``--labels`` is a
+  ``<token>_lidarseg.bin`` of uint8 *fine* ids (0..31, official category
+  order); ``--pred`` is a uint8 ``.bin`` of *challenge* ids (1..16, 0 =
+  ignore), the lidarseg submission format. Values above 16 in a prediction
+  file are rejected with a message (a fine-id file is not a prediction).
+
+With a display (``$DISPLAY``) and no ``--png``, or with ``--window``, an
+Open3D window opens (keys: C colour mode, N/P next/previous scan of the
+folder, Q quit). Otherwise the scan is rendered offscreen to ``--png``
+(default ``<scan name>_<mode>.png`` in the working directory).
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import sys
+from typing import Any, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .colors import (CORRECT_COLOR, IGNORE_INDEX, IGNORED_COLOR, MODES, WRONG_COLOR, class_names,
+                     colorize, nuscenes_fine_to_train_lut, point_ranges, present_classes, train_palette)
+from .render import CAMERAS, make_camera, render_any, save_png
+from .viewer import ScanData, has_display, key_help, show_window
+
+DATASETS = ("semantickitti", "nuscenes")
+
+
+# -- reading files ----------------------------------------------------------------
+
+def infer_dataset(path: str) -> str:
+    """'nuscenes' for a ``.pcd.bin`` file, else 'semantickitti'."""
+    return "nuscenes" if path.endswith(".pcd.bin") else "semantickitti"
+
+
+def default_kitti_labels(scan_path: str) -> Optional[str]:
+    """``<seq>/labels/NNNNNN.label`` for ``<seq>/velodyne/NNNNNN.bin`` if it exists."""
+    stem = os.path.splitext(os.path.basename(scan_path))[0]
+    cand = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(scan_path))), "labels",
+                        stem + ".label")
+    return cand if os.path.isfile(cand) else None
+
+
+def _kitti_pred_path(pred: str, scan_path: str) -> str:
+    if os.path.isdir(pred):
+        return os.path.join(pred, os.path.splitext(os.path.basename(scan_path))[0] + ".label")
+    return pred
+
+
+def read_kitti_ids(path: str, num_points: int) -> np.ndarray:
+    """A SemanticKITTI ``.label`` file (raw ids) as int64 train ids (255 ignore)."""
+    from cdcl3d.datasets.labelmap import SemanticKittiLabelMap
+    from cdcl3d.datasets.semantickitti import read_labels
+
+    raw = read_labels(path, num_points)
+    try:
+        return SemanticKittiLabelMap().to_train(raw)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from exc
+
+
+def read_nuscenes_labels(path: str, num_points: int) -> np.ndarray:
+    """A lidarseg ``_lidarseg.bin`` (uint8 fine ids) as int64 train ids 0..15 / 255."""
+    from cdcl3d.datasets.nuscenes import read_labels
+
+    fine = read_labels(path, num_points)
+    train = nuscenes_fine_to_train_lut()[fine]
+    if train.size and train.min() < 0:
+        bad = np.unique(fine[train < 0]).tolist()[:10]
+        raise ValueError(f"{path}: unknown nuScenes fine label id(s) {bad} (valid 0..31)")
+    return train
+
+
+def read_nuscenes_preds(path: str, num_points: int) -> np.ndarray:
+    """A lidarseg submission ``.bin`` (uint8 challenge ids 1..16, 0 ignore) as
+    int64 train ids 0..15 / 255."""
+    from cdcl3d.datasets.nuscenes import read_labels
+
+    ids = read_labels(path, num_points).astype(np.int64)
+    if ids.size and ids.max() > 16:
+        raise ValueError(f"{path}: prediction ids up to {int(ids.max())}, but a nuScenes prediction "
+                         "holds challenge ids 0..16 (is this a fine-id label file? pass it as --labels)")
+    return np.where(ids == 0, IGNORE_INDEX, ids - 1)
+
+
+def load_scan_files(scan: str, labels: Optional[str] = None, pred: Optional[str] = None,
+                    dataset: Optional[str] = None) -> Tuple[ScanData, str]:
+    """Read a scan (and its labels / prediction) from disk; returns the scan
+    with train ids and the dataset name. Bad files raise the readers' errors
+    (FileNotFoundError / ValueError naming the file)."""
+    dataset = dataset or infer_dataset(scan)
+    name = os.path.basename(scan)
+    if dataset == "semantickitti":
+        from cdcl3d.datasets.semantickitti import read_points
+
+        points = read_points(scan)
+        labels = labels or default_kitti_labels(scan)
+        lab = read_kitti_ids(labels, len(points)) if labels else None
+        prd = read_kitti_ids(_kitti_pred_path(pred, scan), len(points)) if pred else None
+    elif dataset == "nuscenes":
+        from cdcl3d.datasets.nuscenes import read_points
+
+        points = read_points(scan)
+        lab = read_nuscenes_labels(labels, len(points)) if labels else None
+        prd = read_nuscenes_preds(pred, len(points)) if pred else None
+    else:
+        raise ValueError(f"unknown dataset {dataset!r}; valid: {list(DATASETS)}")
+    return ScanData(points=points, labels=lab, preds=prd, name=name), dataset
+
+
+def sibling_scans(scan: str, dataset: str) -> List[str]:
+    """The scans of ``scan``'s folder (same kind), sorted, for N / P in the viewer."""
+    pattern = "*.pcd.bin" if dataset == "nuscenes" else "*.bin"
+    found = sorted(glob.glob(os.path.join(os.path.dirname(os.path.abspath(scan)), pattern)))
+    return found if os.path.abspath(scan) in found else [os.path.abspath(scan)]
+
+
+# -- the core --------------------------------------------------------------------
+
+def _legend_for(mode: str, points: np.ndarray, labels, preds, palette, names, ignore_index):
+    from .legend import legend_entries
+
+    if mode in ("label", "pred"):
+        ids = present_classes(labels if mode == "label" else preds, num_classes=len(palette),
+                              ignore_index=ignore_index)
+        return legend_entries(ids, names, palette), "classes"
+    if mode == "error":
+        lab, prd = np.asarray(labels), np.asarray(preds)
+        valid = lab != ignore_index
+        wrong = int((valid & (lab != prd)).sum())
+        return [(f"correct ({int(valid.sum()) - wrong})", CORRECT_COLOR), (f"wrong ({wrong})", WRONG_COLOR),
+                (f"ignored ({int((~valid).sum())})", IGNORED_COLOR)], "error"
+    if mode == "range":
+        vmax = float(np.percentile(point_ranges(points), 99)) if len(points) else 0.0
+        return [], f"range 0-{vmax:.0f} m"
+    return [], "intensity"
+
+
+def render_range_png(points: np.ndarray, labels: Optional[np.ndarray], preds: Optional[np.ndarray],
+                     dataset: str, palette: np.ndarray, path: Optional[str]) -> np.ndarray:
+    """Project a scan with the dataset's sensor and write its range-image picture."""
+    from cdcl3d.projection import KITTI_SENSOR, NUSCENES_SENSOR, RangeProjection
+
+    from .range_image import range_image_png, range_images_from_projection
+
+    sensor = dict(KITTI_SENSOR if dataset == "semantickitti" else NUSCENES_SENSOR)
+    if sensor.get("use_ring") and points.shape[1] < 5:
+        sensor["use_ring"] = False  # no ring column: rows from the elevation angle
+    proj = RangeProjection.from_sensor(sensor).project(points)
+    ims = range_images_from_projection(points, proj)
+    lab = range_images_from_projection(points, proj, labels)["ids"] if labels is not None else None
+    prd = range_images_from_projection(points, proj, preds)["ids"] if preds is not None else None
+    if lab is None:
+        lab, prd = prd, None
+    return range_image_png(ims["proj_range"], ims["intensity"], lab, palette, path, preds=prd)
+
+
+def show_scan(points: np.ndarray, labels: Optional[np.ndarray] = None, preds: Optional[np.ndarray] = None,
+              dataset: str = "semantickitti", mode: Optional[str] = None, png: Optional[str] = None,
+              width: int = 800, height: int = 600, camera: str = "bev", point_size: float = 2.0,
+              range_png: Optional[str] = None, window: bool = False, backend: str = "subprocess",
+              title: Optional[str] = None, palette: Optional[np.ndarray] = None,
+              names: Optional[Sequence[str]] = None,
+              ignore_index: int = IGNORE_INDEX) -> Optional[np.ndarray]:
+    """Show one in-memory scan: ``points`` (N, 4+), ``labels``/``preds`` train ids.
+
+    With ``window`` an Open3D window opens (returns None). Otherwise the scan
+    is rendered offscreen with a legend (and a title) and returned as
+    ``(H, W', 3) uint8``, written to ``png`` when given; ``range_png`` also
+    writes the range-image picture. ``mode`` defaults to label, else pred,
+    else intensity.
+    """
+    points = np.asarray(points)
+    if points.ndim != 2 or points.shape[1] < 3:
+        raise ValueError(f"points must be (N, 3+), got {points.shape}")
+    palette = train_palette(dataset) if palette is None else np.asarray(palette, dtype=np.uint8)
+    names = class_names(dataset) if names is None else list(names)
+    scan = ScanData(points=points, labels=labels, preds=preds, name=title or "scan")
+    modes = scan.modes()
+    if mode is None:
+        mode = modes[0]
+    if mode not in MODES:
+        raise ValueError(f"unknown colour mode {mode!r}; valid: {list(MODES)}")
+    if mode not in modes:
+        raise ValueError(f"colour mode {mode!r} needs data this scan lacks "
+                         f"(labels: {labels is not None}, predictions: {preds is not None}); "
+                         f"possible: {modes}")
+    if range_png:
+        render_range_png(points, labels, preds, dataset, palette, range_png)
+    if window:
+        show_window(lambda i: scan, 1, palette, mode=mode, point_size=point_size, title=title or "cdcl show")
+        return None
+    from .legend import add_legend, draw_caption
+
+    colors = colorize(mode, points, labels, preds, palette, ignore_index)
+    cam = make_camera(camera, width, height, forward="y" if dataset == "nuscenes" else "x")
+    img = render_any(points, colors, backend=backend, width=width, height=height, camera=cam,
+                     point_size=point_size)
+    img = draw_caption(img, f"{title + ': ' if title else ''}{mode} ({camera}, {len(points)} points)")
+    entries, legend_title = _legend_for(mode, points, labels, preds, palette, names, ignore_index)
+    img = add_legend(img, entries, title=legend_title)
+    if png:
+        save_png(img, png)
+    return img
+
+
+# -- command line ----------------------------------------------------------------
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``cdcl show``."""
+    parser.add_argument("scan", help="SemanticKITTI .bin or nuScenes .pcd.bin")
+    parser.add_argument("--labels", help="label file (default for KITTI: ../labels/NNNNNN.label if present)")
+    parser.add_argument("--pred", help="prediction file in the labels' format (KITTI: raw-id .label or a "
+                        "folder of them; nuScenes: uint8 challenge ids 1..16)")
+    parser.add_argument("--color", choices=MODES, default=None,
+                        help="colour mode (default: label, else pred, else intensity)")
+    parser.add_argument("--png", help="render offscreen to this PNG")
+    parser.add_argument("--width", type=int, default=800)
+    parser.add_argument("--height", type=int, default=600)
+    parser.add_argument("--camera", choices=CAMERAS, default="bev")
+    parser.add_argument("--point-size", type=float, default=2.0)
+    parser.add_argument("--dataset", choices=DATASETS, default=None,
+                        help="default: nuscenes for *.pcd.bin, else semantickitti")
+    parser.add_argument("--range-png", help="also write the range-image picture here")
+    parser.add_argument("--window", action="store_true", help="open a window even without $DISPLAY")
+    parser.add_argument("--backend", choices=("subprocess", "open3d", "numpy"), default="subprocess",
+                        help="offscreen renderer: Open3D in a child process (default), in this "
+                        "process, or the numpy point splatter")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``cdcl show``; bad input prints ``cdcl show: error: ...`` and returns 2."""
+    try:
+        return _run(args)
+    except (FileNotFoundError, ValueError, RuntimeError, ImportError) as exc:
+        print(f"cdcl show: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
+    scan, dataset = load_scan_files(args.scan, args.labels, args.pred, args.dataset)
+    window = bool(args.window or (has_display() and not args.png))
+    if window:
+        palette = train_palette(dataset)
+        if args.range_png:
+            render_range_png(scan.points, scan.labels, scan.preds, dataset, palette, args.range_png)
+            print(f"wrote {args.range_png}")
+        files = sibling_scans(args.scan, dataset)
+        start = files.index(os.path.abspath(args.scan)) if os.path.abspath(args.scan) in files else 0
+
+        def load(i: int) -> ScanData:
+            if i == start:
+                return scan
+            # Siblings: KITTI labels from ../labels, predictions from a --pred folder.
+            pred = args.pred if (args.pred and os.path.isdir(args.pred)) else None
+            return load_scan_files(files[i], None, pred, dataset)[0]
+
+        print(key_help())
+        show_window(load, len(files), palette, start=start, mode=args.color, point_size=args.point_size,
+                    title=f"cdcl show {scan.name}")
+        return 0
+    mode = args.color or scan.modes()[0]
+    png = args.png or f"{scan.name.split('.')[0]}_{mode}.png"
+    show_scan(scan.points, scan.labels, scan.preds, dataset=dataset, mode=mode, png=png,
+              width=args.width, height=args.height, camera=args.camera, point_size=args.point_size,
+              range_png=args.range_png, backend=args.backend, title=scan.name)
+    print(f"wrote {png}")
+    if args.range_png:
+        print(f"wrote {args.range_png}")
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Stand-alone entry (``python -m cdcl3d.vis.cli``) until ``cdcl show`` is wired."""
+    parser = argparse.ArgumentParser(prog="cdcl show", description=__doc__.split("\n")[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
