@@ -1,0 +1,56 @@
+"""``cdcl synth lidar``: write the generated SemanticKITTI and nuScenes trees."""
+from __future__ import annotations
+
+import argparse
+import time
+
+DEFAULT_OUT = "data/synth/lidar"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Declare the options of ``cdcl synth lidar``."""
+    parser.add_argument("--out", default=DEFAULT_OUT,
+                        help="output folder; gets semantickitti/ and nuscenes/ (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    parser.add_argument("--scans", type=int, default=60,
+                        help="scans per dataset (nuScenes: at least one per scene, so >= 10) "
+                             "(default: %(default)s)")
+    parser.add_argument("--points", type=float, default=1.0,
+                        help="points per scan: a value <= 10 scales the azimuth steps of both "
+                             "sensors (1.0: ~120k KITTI / ~34k nuScenes points); a larger value is "
+                             "a target for a KITTI scan (nuScenes scaled alike) (default: %(default)s)")
+    parser.add_argument("--only", choices=["semantickitti", "nuscenes"], default=None,
+                        help="write one dataset only")
+    parser.add_argument("--stats", action="store_true",
+                        help="print the class histograms (generated vs. real SemanticKITTI) and "
+                             "their total variation distance after writing (or of an existing "
+                             "--out with --scans 0)")
+
+
+def points_to_scale(points: float) -> float:
+    """``--points`` as a scale: values <= 10 are scales, larger ones targets."""
+    from .lidar import KITTI_POINTS_PER_SCAN
+
+    if not points > 0:
+        raise ValueError(f"--points must be > 0, got {points}")
+    return points if points <= 10 else points / KITTI_POINTS_PER_SCAN
+
+
+def run(args: argparse.Namespace) -> int:
+    """Execute ``cdcl synth lidar``; returns the exit code."""
+    from .lidar import class_histogram, format_histogram, generate_lidar
+
+    datasets = (args.only,) if args.only else ("semantickitti", "nuscenes")
+    if args.scans > 0:
+        start = time.perf_counter()
+        res = generate_lidar(args.out, seed=args.seed, scans=args.scans,
+                             points_scale=points_to_scale(args.points), datasets=datasets)
+        took = time.perf_counter() - start
+        for name in datasets:
+            print(f"{name}: {res[name]['scans']} scans -> {res[name]['root']}")
+        print(f"done in {took:.1f} s")
+    elif args.scans < 0 or not args.stats:
+        raise ValueError(f"--scans must be >= 1 (or 0 with --stats), got {args.scans}")
+    if args.stats:
+        print(format_histogram(class_histogram(args.out)))
+    return 0

@@ -1,0 +1,312 @@
+"""Generate the two LiDAR datasets and measure their class histograms.
+
+``generate_lidar(out, seed, scans, points_scale)`` writes
+
+* ``<out>/semantickitti/sequences/NN/...`` -- labelled sequences 00-10 (08 is
+  the validation split, as in the official split table) and unlabelled test
+  sequences 11 and 12; scans are dealt over the sequences round-robin, 08
+  first so that even a tiny set has a validation scan;
+* ``<out>/nuscenes/...`` -- a ``v1.0-mini`` tree whose ten scenes carry the
+  devkit's ``mini_train`` / ``mini_val`` names, so the devkit's own splits and
+  ``LidarSegEval`` apply unchanged. Every scene has at least one sample, so
+  the nuScenes set holds ``max(scans, 10)`` samples.
+
+Everything is a pure function of ``seed`` (one random generator per world and
+per scan, keyed by dataset, sequence and index), so two runs write the same
+bytes.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from importlib import resources
+from typing import Dict, List, Sequence, Tuple
+
+import numpy as np
+import yaml
+
+from .sensors import KITTI_SENSOR, NUSCENES_SENSOR, scan
+from .world import (KINDS, KITTI_OF_KIND, KITTI_STYLE, NUSCENES_FINE, NUSCENES_OF_KIND,
+                    NUSCENES_STYLE, build_street)
+from .writers import (ATTRIBUTES, VISIBILITY, attribute_of_kind, category_table, quaternion_yaw,
+                      token, write_kitti_scan, write_kitti_sequence_meta, write_map_png,
+                      write_tables, yaw_matrix)
+
+DATASETS = ("semantickitti", "nuscenes")
+KITTI_LABELLED = tuple(range(11))           # 00-10; 08 is validation
+KITTI_TEST = (11, 12)                       # velodyne only
+# deal order: validation first, then a test sequence early, then the rest
+_KITTI_ORDER = (8, 0, 11, 1, 2, 3, 4, 5, 6, 7, 9, 10, 12)
+KITTI_POINTS_PER_SCAN = 120_000             # about what points_scale=1 gives
+
+NUSCENES_VERSION = "v1.0-mini"
+_NUSCENES_LOCATIONS = ("singapore-onenorth", "boston-seaport", "singapore-queenstown",
+                       "singapore-hollandvillage")
+_LIDAR_TRANSLATION = (0.943713, 0.0, 1.84023)  # LIDAR_TOP in the ego frame
+_LIDAR_ROTATION = quaternion_yaw(-math.pi / 2)   # sensor x right, y forward
+
+
+def _nuscenes_scene_names() -> List[str]:
+    from nuscenes.utils import splits
+
+    return sorted(splits.mini_train + splits.mini_val)
+
+
+def _deal(total: int, keys: Sequence[int], minimum: int = 0) -> Dict[int, int]:
+    counts = {k: minimum for k in keys}
+    for i in range(max(0, total - minimum * len(keys))):
+        counts[keys[i % len(keys)]] += 1
+    return counts
+
+
+def generate_semantickitti(out: str, seed: int = 0, scans: int = 60,
+                           points_scale: float = 1.0) -> Dict[str, object]:
+    """Write SemanticKITTI sequences under ``out`` (the folder holding ``sequences``)."""
+    counts = _deal(scans, _KITTI_ORDER)
+    written = {}
+    for seq in sorted(counts):
+        n = counts[seq]
+        if n == 0:
+            continue
+        wrng = np.random.default_rng([seed, 0, seq])
+        speed = wrng.uniform(6.0, 12.0)   # m/s; one scan a second (every 10th frame)
+        dt = 1.0
+        world = build_street(KITTI_STYLE, wrng, max(1, n - 1) * speed * dt)
+        sy = world.sensor_path[0][1]
+        seq_dir = os.path.join(out, "sequences", f"{seq:02d}")
+        poses, times = [], []
+        for i in range(n):
+            srng = np.random.default_rng([seed, 0, seq, i])
+            x = i * speed * dt + srng.normal(0, 0.3)
+            y = sy + srng.normal(0, 0.15)
+            yaw = srng.normal(0, 0.02)
+            s = scan(world, KITTI_SENSOR, x, y, yaw, srng, points_scale)
+            labels = None
+            if seq in KITTI_LABELLED:
+                raw = KITTI_OF_KIND[s["kind"]]
+                labels = (s["instance"].astype(np.uint32) << np.uint32(16)) | raw
+            write_kitti_scan(seq_dir, i, s["xyz"], s["remission"], labels)
+            poses.append(yaw_matrix(x, y, KITTI_SENSOR.height, yaw))
+            times.append(i * dt)
+        write_kitti_sequence_meta(seq_dir, poses, times)
+        written[f"{seq:02d}"] = n
+    return {"root": out, "sequences": written, "scans": int(sum(written.values()))}
+
+
+def generate_nuscenes(out: str, seed: int = 0, scans: int = 60,
+                      points_scale: float = 1.0) -> Dict[str, object]:
+    """Write a ``v1.0-mini`` nuScenes tree (tables, point clouds, lidarseg labels) under ``out``."""
+    names = _nuscenes_scene_names()
+    counts = _deal(scans, list(range(len(names))), minimum=1)
+    t = {name: [] for name in ("attribute", "calibrated_sensor", "category", "ego_pose", "instance",
+                               "log", "map", "sample", "sample_annotation", "sample_data", "scene",
+                               "sensor", "visibility", "lidarseg")}
+    t["category"] = category_table(seed)
+    cat_token = {c["index"]: c["token"] for c in t["category"]}
+    t["attribute"] = [{"token": token(seed, "attribute", n), "name": n, "description": d}
+                      for n, d in ATTRIBUTES]
+    attr_token = {a["name"]: a["token"] for a in t["attribute"]}
+    t["visibility"] = [{"token": tok, "level": lvl, "description": d} for tok, lvl, d in VISIBILITY]
+    sensor_token = token(seed, "sensor", "LIDAR_TOP")
+    t["sensor"] = [{"token": sensor_token, "channel": "LIDAR_TOP", "modality": "lidar"}]
+    lidar_dir = os.path.join(out, "samples", "LIDAR_TOP")
+    seg_dir = os.path.join(out, "lidarseg", NUSCENES_VERSION)
+    os.makedirs(lidar_dir, exist_ok=True)
+    os.makedirs(seg_dir, exist_ok=True)
+
+    for si, name in enumerate(names):
+        n = counts[si]
+        wrng = np.random.default_rng([seed, 1, si])
+        location = _NUSCENES_LOCATIONS[si % len(_NUSCENES_LOCATIONS)]
+        style = dataclasses.replace(NUSCENES_STYLE, left_hand=location.startswith("singapore"))
+        speed = wrng.uniform(3.0, 8.0)
+        dt = 0.5  # keyframes at 2 Hz
+        world = build_street(style, wrng, max(1, n - 1) * speed * dt)
+        sy = world.sensor_path[0][1]
+        origin = (300.0 + 150.0 * si, 900.0 + 40.0 * si)  # scene placement in the map frame
+        t0 = 1531000000000000 + si * 3_600_000_000
+        logfile = f"n015-2018-07-{10 + si:02d}-11-22-45+0800"
+        log_token = token(seed, "log", si)
+        t["log"].append({"token": log_token, "logfile": logfile, "vehicle": "n015",
+                         "date_captured": f"2018-07-{10 + si:02d}", "location": location})
+        cs_token = token(seed, "calibrated_sensor", si)
+        t["calibrated_sensor"].append({"token": cs_token, "sensor_token": sensor_token,
+                                       "translation": list(_LIDAR_TRANSLATION),
+                                       "rotation": list(_LIDAR_ROTATION), "camera_intrinsic": []})
+        scene_token = token(seed, "scene", si)
+        sample_tokens = [token(seed, "sample", si, i) for i in range(n)]
+        sd_tokens = [token(seed, "sample_data", si, i) for i in range(n)]
+        inst_anns: Dict[int, List[dict]] = {}
+        for i in range(n):
+            srng = np.random.default_rng([seed, 1, si, i])
+            x = i * speed * dt + srng.normal(0, 0.2)
+            y = sy + srng.normal(0, 0.1)
+            yaw = srng.normal(0, 0.02)
+            s = scan(world, NUSCENES_SENSOR, x, y, yaw, srng, points_scale)
+            ts = t0 + i * 500_000 + int(srng.integers(0, 2000))
+            pts = np.empty((s["xyz"].shape[0], 5), np.float32)
+            pts[:, 0] = -s["xyz"][:, 1]      # sensor frame: x right, y forward
+            pts[:, 1] = s["xyz"][:, 0]
+            pts[:, 2] = s["xyz"][:, 2]
+            # a different reflectivity curve and scale than KITTI: 0..255 integers
+            pts[:, 3] = np.round(np.clip(255.0 * 1.2 * s["remission"] ** 1.7, 0, 255))
+            pts[:, 4] = (len(NUSCENES_SENSOR.elevations_deg) - 1) - s["beam"]  # ring 0 = lowest beam
+            fname = f"samples/LIDAR_TOP/{logfile}__LIDAR_TOP__{ts}.pcd.bin"
+            pts.tofile(os.path.join(out, fname))
+            sd = sd_tokens[i]
+            seg_name = f"lidarseg/{NUSCENES_VERSION}/{sd}_lidarseg.bin"
+            NUSCENES_OF_KIND[s["kind"]].astype(np.uint8).tofile(os.path.join(out, seg_name))
+            t["lidarseg"].append({"token": sd, "sample_data_token": sd, "filename": seg_name})
+            # ego pose: the sensor sits 0.94 m ahead of the rear axle
+            ex = x - _LIDAR_TRANSLATION[0] * math.cos(yaw) + origin[0]
+            ey = y - _LIDAR_TRANSLATION[0] * math.sin(yaw) + origin[1]
+            ep = token(seed, "ego_pose", si, i)
+            t["ego_pose"].append({"token": ep, "timestamp": ts, "rotation": quaternion_yaw(yaw),
+                                  "translation": [ex, ey, 0.0]})
+            t["sample"].append({"token": sample_tokens[i], "timestamp": ts, "scene_token": scene_token,
+                                "prev": sample_tokens[i - 1] if i > 0 else "",
+                                "next": sample_tokens[i + 1] if i + 1 < n else "",
+                                "data": {"LIDAR_TOP": sd}})
+            t["sample_data"].append({"token": sd, "sample_token": sample_tokens[i], "ego_pose_token": ep,
+                                     "calibrated_sensor_token": cs_token, "timestamp": ts,
+                                     "fileformat": "pcd", "is_key_frame": True, "height": 0, "width": 0,
+                                     "filename": fname, "prev": sd_tokens[i - 1] if i > 0 else "",
+                                     "next": sd_tokens[i + 1] if i + 1 < n else ""})
+            ids, npts = np.unique(s["instance"][s["instance"] > 0], return_counts=True)
+            for inst, cnt in zip(ids.tolist(), npts.tolist()):
+                inst_anns.setdefault(inst, []).append({"sample": i, "points": cnt})
+        for inst, anns in sorted(inst_anns.items()):
+            thing = world.things[inst - 1]
+            inst_token = token(seed, "instance", si, inst)
+            ann_tokens = [token(seed, "sample_annotation", si, inst, a["sample"]) for a in anns]
+            attr = attribute_of_kind(thing.kind)
+            for j, a in enumerate(anns):
+                t["sample_annotation"].append({
+                    "token": ann_tokens[j], "sample_token": sample_tokens[a["sample"]],
+                    "instance_token": inst_token, "visibility_token": "4",
+                    "attribute_tokens": [attr_token[attr]] if attr else [],
+                    "translation": [thing.center[0] + origin[0], thing.center[1] + origin[1], thing.center[2]],
+                    "size": [thing.size[1], thing.size[0], thing.size[2]],  # width, length, height
+                    "rotation": quaternion_yaw(thing.yaw),
+                    "prev": ann_tokens[j - 1] if j > 0 else "",
+                    "next": ann_tokens[j + 1] if j + 1 < len(anns) else "",
+                    "num_lidar_pts": int(a["points"]), "num_radar_pts": 0})
+            t["instance"].append({"token": inst_token, "category_token": cat_token[KINDS[thing.kind].nuscenes],
+                                  "nbr_annotations": len(anns), "first_annotation_token": ann_tokens[0],
+                                  "last_annotation_token": ann_tokens[-1]})
+        t["scene"].append({"token": scene_token, "log_token": log_token, "nbr_samples": n,
+                           "first_sample_token": sample_tokens[0], "last_sample_token": sample_tokens[-1],
+                           "name": name, "description": f"Generated street, {location}, {style.name} style."})
+    map_token = token(seed, "map", 0)
+    map_file = f"maps/{map_token}.png"
+    write_map_png(os.path.join(out, map_file))
+    t["map"] = [{"token": map_token, "category": "semantic_prior", "filename": map_file,
+                 "log_tokens": [rec["token"] for rec in t["log"]]}]
+    write_tables(os.path.join(out, NUSCENES_VERSION), t)
+    return {"root": out, "version": NUSCENES_VERSION, "scenes": len(names), "scans": len(t["sample"])}
+
+
+def generate_lidar(out: str, seed: int = 0, scans: int = 60, points_scale: float = 1.0,
+                   datasets: Sequence[str] = DATASETS) -> dict:
+    """Write the generated LiDAR datasets under ``out`` and return their paths and counts.
+
+    ``scans`` is per dataset; ``points_scale`` multiplies the azimuth steps of
+    both sensors (1.0: ~120k points per KITTI scan, ~34k per nuScenes scan).
+    """
+    unknown = [d for d in datasets if d not in DATASETS]
+    if unknown:
+        raise ValueError(f"unknown dataset(s) {unknown}; choose from {list(DATASETS)}")
+    if scans < 1:
+        raise ValueError(f"scans must be >= 1, got {scans}")
+    if not points_scale > 0:
+        raise ValueError(f"points_scale must be > 0, got {points_scale}")
+    result: Dict[str, object] = {"out": out, "seed": seed}
+    if "semantickitti" in datasets:
+        result["semantickitti"] = generate_semantickitti(os.path.join(out, "semantickitti"), seed,
+                                                         scans, points_scale)
+    if "nuscenes" in datasets:
+        result["nuscenes"] = generate_nuscenes(os.path.join(out, "nuscenes"), seed, scans, points_scale)
+    return result
+
+
+# -- statistics -----------------------------------------------------------------
+def _kitti_yaml() -> dict:
+    res = resources.files("cdcl3d").joinpath("data/semantic-kitti.yaml")
+    if not res.is_file():
+        raise FileNotFoundError(f"{res}: the SemanticKITTI config is missing from the cdcl3d package")
+    return yaml.safe_load(res.read_text(encoding="utf-8"))
+
+
+def kitti_real_histogram() -> Tuple[List[str], np.ndarray]:
+    """Names and point shares of the 19 training classes in the real
+    SemanticKITTI (the config's ``content`` mapped through ``learning_map``)."""
+    cfg = _kitti_yaml()
+    lm = cfg["learning_map"]
+    share = np.zeros(20)
+    for raw, ratio in cfg["content"].items():
+        share[lm[raw]] += ratio
+    names = [cfg["labels"][cfg["learning_map_inv"][i]] for i in range(1, 20)]
+    return names, share[1:] / share[1:].sum()
+
+
+def class_histogram(root: str) -> dict:
+    """Per-class point counts and shares of a generated tree (``root`` as given
+    to :func:`generate_lidar`).
+
+    ``result['semantickitti']``: ``names`` (19 training classes), ``counts``,
+    ``generated`` and ``real`` shares over those classes, ``tvd`` (total
+    variation distance), ``ignored`` (points of ignored raw ids), ``points``.
+    ``result['nuscenes']``: ``names`` (32 fine classes), ``counts``, ``shares``.
+    A dataset whose folder is missing is left out.
+    """
+    result: dict = {}
+    kitti = os.path.join(root, "semantickitti", "sequences")
+    if os.path.isdir(kitti):
+        cfg = _kitti_yaml()
+        lut = np.zeros(1 << 16, np.int64)
+        for raw, cls in cfg["learning_map"].items():
+            lut[raw] = cls
+        counts = np.zeros(20, np.int64)
+        for seq in sorted(os.listdir(kitti)):
+            lab_dir = os.path.join(kitti, seq, "labels")
+            if not os.path.isdir(lab_dir):
+                continue
+            for f in sorted(os.listdir(lab_dir)):
+                if f.endswith(".label"):
+                    lab = np.fromfile(os.path.join(lab_dir, f), np.uint32) & 0xFFFF
+                    counts += np.bincount(lut[lab], minlength=20)
+        names, real = kitti_real_histogram()
+        gen = counts[1:] / max(1, counts[1:].sum())
+        result["semantickitti"] = {"names": names, "counts": counts[1:], "generated": gen, "real": real,
+                                   "tvd": float(0.5 * np.abs(gen - real).sum()),
+                                   "ignored": int(counts[0]), "points": int(counts.sum())}
+    seg = os.path.join(root, "nuscenes", "lidarseg", NUSCENES_VERSION)
+    if os.path.isdir(seg):
+        counts = np.zeros(len(NUSCENES_FINE), np.int64)
+        for f in sorted(os.listdir(seg)):
+            if f.endswith("_lidarseg.bin"):
+                counts += np.bincount(np.fromfile(os.path.join(seg, f), np.uint8),
+                                      minlength=len(NUSCENES_FINE))[:len(NUSCENES_FINE)]
+        result["nuscenes"] = {"names": list(NUSCENES_FINE), "counts": counts,
+                              "shares": counts / max(1, counts.sum()), "points": int(counts.sum())}
+    return result
+
+
+def format_histogram(hist: dict) -> str:
+    """The tables printed by ``cdcl synth lidar --stats``."""
+    lines = []
+    if "semantickitti" in hist:
+        h = hist["semantickitti"]
+        lines.append(f"SemanticKITTI: {h['points']} points ({h['ignored']} ignored)")
+        lines.append(f"{'class':16s} {'generated %':>12s} {'real %':>8s}")
+        for n, g, r in zip(h["names"], h["generated"], h["real"]):
+            lines.append(f"{n:16s} {100 * g:12.3f} {100 * r:8.3f}")
+        lines.append(f"total variation distance: {h['tvd']:.4f}")
+    if "nuscenes" in hist:
+        h = hist["nuscenes"]
+        lines.append(f"nuScenes-lidarseg: {h['points']} points")
+        lines.append(f"{'index':>5s} {'class':38s} {'generated %':>12s}")
+        for i, (n, s) in enumerate(zip(h["names"], h["shares"])):
+            lines.append(f"{i:5d} {n:38s} {100 * s:12.3f}")
+    return "\n".join(lines)
