@@ -119,10 +119,10 @@ def infer(logits_fn: LogitsFn, images: torch.Tensor, mode: str = "whole", crop=N
 INFERENCE_KEYS = ("mode", "crop", "stride", "scales", "flip")
 
 
-def inference_options(options: Optional[Dict[str, Any]]) -> Dict[str, Any]:
-    """Validated ``{mode, crop, stride, scales, flip}`` from an options dict
-    (``eval.options`` or a dataset's ``inference`` entry); unknown keys raise."""
-    options = dict(options or {})
+def inference_options(options: Optional[Dict[str, Any]], allowed: Sequence[str] = ("split",)) -> Dict[str, Any]:
+    """Validated ``{mode, crop, stride, scales, flip}`` from ``eval.options``
+    (merged with ``data.<name>.eval``); keys outside those and ``allowed`` raise."""
+    options = {k: v for k, v in dict(options or {}).items() if k not in allowed}
     unknown = sorted(set(options) - set(INFERENCE_KEYS))
     if unknown:
         raise ValueError(f"unknown inference option(s) {unknown}; valid: {', '.join(INFERENCE_KEYS)}")

@@ -1,0 +1,250 @@
+"""The image task ("2d"): what the generic trainer needs from cdcl2d.
+
+Config keys read here (besides the core's generic ones):
+
+* ``model``: ``name: pspnet`` plus :class:`cdcl2d.models.PSPNet` keyword
+  arguments (``backbone``, ``pretrained``, ``bins``, ``channels``,
+  ``aux_channels``, ``dropout``, ``aux``, ``output_stride``) and
+  ``aux_weight`` (loss weight of the auxiliary head, default 0.4).
+* ``data.<name>``: ``type`` (cityscapes, bdd100k, camvid, kitti), ``root``,
+  ``crop`` ([h, w], default 512x512), ``scale`` ([min, max], default
+  [0.5, 2.0]), ``flip``, ``jitter``, ``eval_size`` ([h, w] or null: whole
+  image), ``eval`` (per-dataset inference options, see below).
+* ``eval.options``: ``mode`` (whole | slide), ``crop``, ``stride``
+  (default 2/3 of the crop), ``scales`` (e.g. [0.5, 0.75, 1.0, 1.25, 1.5,
+  1.75]), ``flip``.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from typing import Any, Callable, Dict, List, Optional
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from common.metrics import ConfusionMatrix
+from common.task import Batch, Task
+
+logger = logging.getLogger(__name__)
+
+GENERIC_DATA_KEYS = ("type", "root", "batch_size", "loss_weight", "train_split", "val_split",
+                     "num_workers", "on_bad_sample", "eval")
+IMAGE_DATA_KEYS = ("crop", "scale", "flip", "jitter", "eval_size")
+DEFAULT_CROP = (512, 512)
+
+
+def _pair(v, what: str):
+    if v is None:
+        return None
+    if isinstance(v, int):
+        return (v, v)
+    if isinstance(v, (list, tuple)) and len(v) == 2:
+        return (int(v[0]), int(v[1]))
+    raise ValueError(f"{what} must be an int or [height, width], got {v!r}")
+
+
+def collate(items: List[Dict[str, Any]]) -> Batch:
+    """Stack items into a batch; images of different sizes are padded at the
+    bottom/right (inputs with 0 = the normalised mean, labels with 255), and
+    ``sizes`` keeps each item's own (H, W)."""
+    h = max(int(it["inputs"].shape[-2]) for it in items)
+    w = max(int(it["inputs"].shape[-1]) for it in items)
+    inputs = items[0]["inputs"].new_zeros(len(items), items[0]["inputs"].shape[0], h, w)
+    has_labels = all("labels" in it for it in items)
+    labels = torch.full((len(items), h, w), 255, dtype=torch.long) if has_labels else None
+    sizes = []
+    for i, it in enumerate(items):
+        ih, iw = it["inputs"].shape[-2:]
+        inputs[i, :, :ih, :iw] = it["inputs"]
+        if labels is not None:
+            labels[i, :ih, :iw] = it["labels"]
+        sizes.append((int(ih), int(iw)))
+    batch: Batch = {"inputs": inputs,  # (B, 3, H, W)
+                    "id": [it.get("id") for it in items],
+                    "dataset": [it.get("dataset") for it in items],
+                    "sizes": sizes,
+                    "orig_sizes": [tuple(it.get("orig_size", s)) for it, s in zip(items, sizes)]}
+    if labels is not None:
+        batch["labels"] = labels  # (B, H, W)
+    return batch
+
+
+class ImageTask(Task):
+    """PSPNet on Cityscapes / BDD100K / CamVid / KITTI semantic."""
+
+    name = "2d"
+
+    # -- data ---------------------------------------------------------------------
+    def build_dataset(self, name: str, cfg: Dict[str, Any], split: str, train: bool):
+        """A reader for ``data.<name>`` (``cfg``) with training or eval transforms."""
+        from .datasets import READERS
+        from .transforms import build_eval_transform, build_train_transform
+
+        kind = cfg.get("type")
+        if kind not in READERS:
+            raise ValueError(f"data.{name}.type is {kind!r}; valid image dataset types: {', '.join(READERS)}")
+        unknown = sorted(set(cfg) - set(GENERIC_DATA_KEYS) - set(IMAGE_DATA_KEYS))
+        if unknown:
+            raise ValueError(f"unknown key(s) {unknown} in data.{name}; image-specific keys: "
+                             f"{', '.join(IMAGE_DATA_KEYS)}")
+        if not cfg.get("root"):
+            raise ValueError(f"data.{name}.root is empty: set it to the {kind} dataset folder")
+        if train:
+            transform = build_train_transform(
+                crop=_pair(cfg.get("crop", DEFAULT_CROP), f"data.{name}.crop"),
+                scale=cfg.get("scale", (0.5, 2.0)), flip=bool(cfg.get("flip", True)),
+                jitter=bool(cfg.get("jitter", True)))
+        else:
+            transform = build_eval_transform(_pair(cfg.get("eval_size"), f"data.{name}.eval_size"))
+        return READERS[kind](cfg["root"], split, transform=transform, dataset_name=name)
+
+    def collate_fn(self, name: str, cfg: Dict[str, Any]) -> Optional[Callable]:
+        return collate
+
+    # -- model --------------------------------------------------------------------
+    def build_model(self, model_cfg: Dict[str, Any], num_classes: int,
+                    norm_layer: Optional[Callable[[int], nn.Module]] = None) -> nn.Module:
+        """PSPNet from ``model`` (``name: pspnet`` + builder keywords)."""
+        from common.config import check_kwargs
+
+        from .models import PSPNet
+
+        kwargs = dict(model_cfg)
+        name = kwargs.pop("name", "pspnet")
+        kwargs.pop("aux_weight", None)  # a loss setting, read by build_criterion
+        if name != "pspnet":
+            raise ValueError(f"model.name is {name!r}; the image task provides: pspnet")
+        check_kwargs(PSPNet.__init__, kwargs, "model", reserved=("num_classes", "norm_layer"))
+        return PSPNet(num_classes, norm_layer=norm_layer or nn.BatchNorm2d, **kwargs)
+
+    def input_shape(self, name: str, cfg: Dict[str, Any]) -> tuple:
+        h, w = _pair(cfg.get("crop", DEFAULT_CROP), f"data.{name}.crop")
+        return (3, h, w)
+
+    # -- loss and forward ---------------------------------------------------------
+    def build_criterion(self, name: str, cfg: Dict[str, Any], dataset,
+                        model_cfg: Dict[str, Any]) -> Callable[[Any, Batch], torch.Tensor]:
+        """Cross-entropy (ignore 255) on ``out`` plus ``aux_weight`` (0.4) times
+        cross-entropy on ``aux`` when the model returns it."""
+        ignore = int(getattr(dataset, "ignore_index", 255))
+        aux_weight = float(model_cfg.get("aux_weight", 0.4))
+
+        def criterion(output, batch: Batch) -> torch.Tensor:
+            labels = batch["labels"]  # (B, H, W)
+            if not isinstance(output, dict):
+                return F.cross_entropy(output, labels, ignore_index=ignore)
+            loss = F.cross_entropy(output["out"], labels, ignore_index=ignore)
+            if "aux" in output and aux_weight:
+                loss = loss + aux_weight * F.cross_entropy(output["aux"], labels, ignore_index=ignore)
+            return loss
+
+        return criterion
+
+    def forward(self, model: nn.Module, batch: Batch):
+        return model(batch["inputs"])
+
+    # -- evaluation ---------------------------------------------------------------
+    @staticmethod
+    def _logits_fn(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+        def fn(x: torch.Tensor) -> torch.Tensor:
+            out = model(x)
+            return out["out"] if isinstance(out, dict) else out
+        return fn
+
+    @torch.no_grad()
+    def predict_batch(self, model: nn.Module, inputs: torch.Tensor, options: Dict[str, Any]) -> torch.Tensor:
+        """Train-id predictions ``(B, H, W)`` under the inference ``options``."""
+        from .inference import infer, inference_options
+
+        opts = inference_options(options)
+        scores = infer(self._logits_fn(model), inputs, **opts)  # (B, K, H, W)
+        return scores.argmax(1)
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, loader, name: str, dataset, device: torch.device,
+                 cfg: Dict[str, Any]) -> Dict[str, ConfusionMatrix]:
+        """Confusion matrix over ``loader`` (whole image, sliding window and/or
+        multi-scale + flip according to ``cfg`` = the eval options)."""
+        from common.utils import to_device
+
+        cm = ConfusionMatrix(len(dataset.class_names), dataset.ignore_index,
+                             class_names=dataset.class_names, device=device)
+        for batch in loader:
+            batch = to_device(batch, device)
+            if "labels" not in batch:
+                raise ValueError(f"{name}: the evaluation split has no labels")
+            pred = self.predict_batch(model, batch["inputs"], cfg)
+            cm.update(pred, batch["labels"])  # padding carries label 255
+        return {"dense": cm}
+
+    @torch.no_grad()
+    def predict(self, model: nn.Module, loader, name: str, dataset, device: torch.device,
+                out_dir: str, cfg: Dict[str, Any]) -> int:
+        """Write one PNG per image at its original size.
+
+        Cityscapes: ``{city}_{seq}_{frame}_gtFine_labelIds.png`` holding
+        Cityscapes *label ids* (what cityscapesscripts'
+        ``evalPixelLevelSemanticLabeling`` reads; it finds a prediction by the
+        ``{city}_{seq}_{frame}`` part of the name). KITTI semantic: label ids
+        too, under the image's own name. Other datasets: train-id PNGs named
+        after the image. Returns the number of files written.
+        """
+        from PIL import Image
+
+        from common.utils import to_device
+
+        from .datasets.labels import cityscapes_train_to_id_lut
+
+        kind = getattr(dataset, "name", "")
+        to_label_ids = kind in ("cityscapes", "kitti")
+        lut = cityscapes_train_to_id_lut()
+        os.makedirs(out_dir, exist_ok=True)
+        written = 0
+        for batch in loader:
+            inputs = to_device(batch["inputs"], device)
+            pred = self.predict_batch(model, inputs, cfg).cpu()  # (B, H, W) train ids
+            for i, sample_id in enumerate(batch["id"]):
+                h, w = batch["sizes"][i]
+                p = pred[i, :h, :w]
+                oh, ow = batch["orig_sizes"][i]
+                if (oh, ow) != (h, w):  # eval_size resized the input: back to the original
+                    p = F.interpolate(p[None, None].float(), (oh, ow), mode="nearest")[0, 0].long()
+                p = p.numpy().astype(np.uint8)
+                if to_label_ids:
+                    p = lut[p]
+                if kind == "cityscapes":
+                    fname = sample_id.split("/")[-1] + "_gtFine_labelIds.png"
+                else:
+                    fname = str(sample_id).replace("/", "_") + ".png"
+                Image.fromarray(p).save(os.path.join(out_dir, fname))
+                written += 1
+        return written
+
+    def log_images(self, writer, model: nn.Module, datasets: Dict[str, Any], cfg, device: torch.device,
+                   step: int) -> None:
+        """TensorBoard: image | ground truth | prediction for each dataset's first
+        validation image (the caller has set eval mode)."""
+        from common.dataset_specific import route
+
+        from .transforms import denormalize
+        from .visualize import colorize
+
+        for name, ds in datasets.items():
+            item = ds[0]
+            with route(model, name):
+                pred = self.predict_batch(model, item["inputs"][None].to(device), {})[0].cpu().numpy()
+            img = denormalize(item["inputs"].numpy())
+            gt = colorize(item["labels"].numpy(), ds.name) if "labels" in item else np.zeros_like(img)
+            panel = np.concatenate([img, gt, colorize(pred, ds.name)], 1)
+            writer.add_image(f"val/{name}", panel, step, dataformats="HWC")
+
+    # -- demo ---------------------------------------------------------------------
+    def demo(self, args: argparse.Namespace) -> int:
+        """Generate synthetic images if missing, train single-dataset Cityscapes
+        and CDCL on Cityscapes + BDD100K + CamVid, print the mIoU table."""
+        from .demo import run_demo
+        return run_demo(args)
