@@ -4,7 +4,7 @@ Open3D's ``OffscreenRenderer`` (Filament) draws the points. Without a GPU it
 renders on the CPU through Vulkan (Mesa lavapipe / llvmpipe); where no Vulkan
 or EGL driver exists the process *aborts* (no Python exception), so callers
 that must survive that use :func:`render_scan_subprocess`, which runs the
-renderer in a child process (``python -m cdcl3d.vis.render``) and turns a crash
+renderer in a child process and turns a crash
 into a ``RuntimeError``. :func:`splat_scan` is a pure-numpy z-buffered point
 splatter for the same cameras (no Open3D needed), used by tests as a
 cross-check and available as ``backend='numpy'``.
@@ -191,10 +191,16 @@ _RENDERERS: Dict[Tuple[int, int], Any] = {}
 
 
 def _renderer(width: int, height: int):
-    # Filament dislikes creating and destroying renderers repeatedly in one
-    # process, so one renderer per picture size is kept for the process' life.
+    # One renderer per process, kept for the process' life: with two
+    # OffscreenRenderers alive, Filament aborts at interpreter exit
+    # ("destroying MaterialInstance ... still in use"), and a renderer's
+    # picture size is fixed at creation.
     key = (width, height)
     if key not in _RENDERERS:
+        if _RENDERERS:
+            (w0, h0), = _RENDERERS
+            raise RuntimeError(f"this process already renders at {w0}x{h0}; Open3D cannot hold a second "
+                               f"offscreen renderer ({width}x{height}) safely: use render_scan_subprocess")
         import open3d as o3d
 
         o3d.utility.set_verbosity_level(o3d.utility.VerbosityLevel.Error)
@@ -247,13 +253,26 @@ def render_scan(points: np.ndarray, colors: np.ndarray, width: int = 800, height
 # -- subprocess wrapper ------------------------------------------------------------
 
 def render_scans_subprocess(jobs: Sequence[Dict[str, Any]], timeout: float = 180.0) -> List[np.ndarray]:
-    """Render several scans in one child process (one Open3D start-up).
+    """Render several scans in child processes, one per picture size (a
+    process holds one Open3D renderer, see :func:`render_scan`).
 
     Each job is a dict with ``points``, ``colors`` and optional keyword
     arguments of :func:`render_scan` (``width``, ``height``, ``camera`` (a
-    name), ``point_size``, ``background``, ``view_m``). A crash, a timeout or a
-    missing Open3D in the child raises ``RuntimeError`` with the child's output.
+    name or :class:`Camera`), ``point_size``, ``background``, ``view_m``). A
+    crash, a timeout or a missing Open3D in a child raises ``RuntimeError``
+    with the child's output.
     """
+    groups: Dict[Tuple[int, int], List[int]] = {}
+    for i, job in enumerate(jobs):
+        groups.setdefault((int(job.get("width", 800)), int(job.get("height", 600))), []).append(i)
+    images: List[Optional[np.ndarray]] = [None] * len(jobs)
+    for idx in groups.values():
+        for i, img in zip(idx, _render_in_child([jobs[i] for i in idx], timeout)):
+            images[i] = img
+    return images  # type: ignore[return-value]
+
+
+def _render_in_child(jobs: Sequence[Dict[str, Any]], timeout: float) -> List[np.ndarray]:
     with tempfile.TemporaryDirectory(prefix="cdcl_render_") as tmp:
         arrays: Dict[str, np.ndarray] = {}
         meta = []
@@ -268,7 +287,9 @@ def render_scans_subprocess(jobs: Sequence[Dict[str, Any]], timeout: float = 180
         arrays["meta"] = np.array(json.dumps(meta))
         src, dst = os.path.join(tmp, "in.npz"), os.path.join(tmp, "out.npz")
         np.savez(src, **arrays)
-        cmd = [sys.executable, "-m", "cdcl3d.vis.render", "--npz", src, "--out", dst]
+        # Through -c rather than -m: cdcl3d.vis imports this module already.
+        code = "import sys; from cdcl3d.vis.render import _child_main; _child_main(sys.argv[1:])"
+        cmd = [sys.executable, "-c", code, "--npz", src, "--out", dst]
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
         except subprocess.TimeoutExpired as exc:
@@ -357,6 +378,7 @@ def render_gt_vs_pred(points: np.ndarray, labels: np.ndarray, preds: np.ndarray,
 
 
 def _child_main(argv: Optional[Sequence[str]] = None) -> int:
+    """Child-process entry: render the jobs of ``--npz`` into ``--out``."""
     parser = argparse.ArgumentParser(description="Render point clouds offscreen (child process of "
                                      "render_scans_subprocess).")
     parser.add_argument("--npz", required=True, help="input .npz with points_i, colors_i, meta")
@@ -374,7 +396,11 @@ def _child_main(argv: Optional[Sequence[str]] = None) -> int:
     tmp = args.out + ".part.npz"
     np.savez(tmp, **images)
     os.replace(tmp, args.out)
-    return 0
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Skip interpreter teardown: the output is written, and Filament's
+    # destructors are where a broken driver tends to abort.
+    os._exit(0)
 
 
 if __name__ == "__main__":
