@@ -1,6 +1,332 @@
-"""The LiDAR task (range-image SalsaNext on SemanticKITTI / nuScenes)."""
+"""The LiDAR task: SemanticKITTI / nuScenes readers → range images (SalsaNext)
+or voxels (sparse U-Net) → per-dataset losses, point-wise evaluation, submissions.
+
+``data.<name>`` keys (beyond the core's type/root/batch_size/...):
+
+* ``type``: ``semantickitti`` or ``nuscenes``; ``version`` (nuScenes tables,
+  default ``v1.0-trainval``); ``sequences`` (SemanticKITTI, overrides the split).
+* ``sensor``: range-projection overrides on top of the sensor defaults
+  (``height``, ``width``, ``fov_up``, ``fov_down``, ``use_ring``, ``means``, ``stds``).
+* ``augment``: point augmentation for training (``rotate``, ``flip_x``,
+  ``flip_y``, ``scale``, ``jitter``, ``dropout``) or ``null``.
+* ``class_weights``: ``content`` (SemanticKITTI's published point shares),
+  ``computed`` (counted once on the training split and cached), or ``none``.
+* ``representation``: ``range`` (default) or ``voxel`` (sparse network), with
+  ``voxel_size`` and ``intensity_scale``.
+
+``eval.options``: ``knn`` (bool), ``knn_search``, ``knn_k``, ``knn_sigma``,
+``knn_cutoff``.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+import os
+from typing import Any, Dict, Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from common.metrics import ConfusionMatrix
 from common.task import Task
+from common.utils import to_device
+
+logger = logging.getLogger(__name__)
+
+_GENERIC = {"type", "root", "batch_size", "loss_weight", "train_split", "val_split", "num_workers",
+            "on_bad_sample", "eval"}
+_LIDAR_KEYS = {"version", "sequences", "sensor", "augment", "class_weights", "representation",
+               "voxel_size", "intensity_scale", "lovasz_weight", "num_classes"}
+DATASET_TYPES = ("semantickitti", "nuscenes")
+
+
+def _check_keys(name: str, cfg: Dict[str, Any]) -> None:
+    from common.config import ConfigError
+
+    for k in cfg:
+        if k not in _GENERIC and k not in _LIDAR_KEYS:
+            raise ConfigError(f"unknown key 'data.{name}.{k}'; valid keys: "
+                              f"{', '.join(sorted(_GENERIC | _LIDAR_KEYS))}")
+    if cfg.get("type") not in DATASET_TYPES:
+        raise ConfigError(f"'data.{name}.type' must be one of {DATASET_TYPES}, got {cfg.get('type')!r}")
+
+
+def sensor_of(cfg: Dict[str, Any]) -> Dict[str, Any]:
+    from .projection import KITTI_SENSOR, NUSCENES_SENSOR
+
+    base = KITTI_SENSOR if cfg["type"] == "semantickitti" else NUSCENES_SENSOR
+    sensor = dict(base)
+    sensor.update(cfg.get("sensor") or {})
+    return sensor
+
+
+def build_reader(name: str, cfg: Dict[str, Any], split: str):
+    """The on-disk reader (items with ``points``/``labels``) of a dataset entry."""
+    _check_keys(name, cfg)
+    root = cfg.get("root") or ""
+    if not root:
+        from common.config import ConfigError
+        raise ConfigError(f"'data.{name}.root' is empty: point it at the dataset folder")
+    if cfg["type"] == "semantickitti":
+        from .datasets.semantickitti import SemanticKITTI
+        seqs = cfg.get("sequences")
+        return SemanticKITTI(root, split=split, sequences=seqs.get(split) if isinstance(seqs, dict) else None,
+                             on_bad_sample=cfg.get("on_bad_sample", "raise"), name=name)
+    from .datasets.nuscenes import NuScenesLidarSeg
+    return NuScenesLidarSeg(root, version=cfg.get("version", "v1.0-trainval"), split=split,
+                            on_bad_sample=cfg.get("on_bad_sample", "raise"), name=name,
+                            nusc=_nusc_cache(root, cfg.get("version", "v1.0-trainval")))
+
+
+@functools.lru_cache(maxsize=4)
+def _nusc_cache(root: str, version: str):
+    """One devkit database per (root, version), shared by the splits."""
+    from nuscenes import NuScenes
+
+    table_root = os.path.join(root, version)
+    if not os.path.isdir(table_root):
+        raise FileNotFoundError(f"nuScenes tables not found: {table_root} (expected <root>/{version}/*.json)")
+    if not version.endswith("test") and not os.path.isfile(os.path.join(table_root, "lidarseg.json")):
+        raise FileNotFoundError(f"nuScenes root {root} has no lidarseg annotations "
+                                f"({os.path.join(table_root, 'lidarseg.json')} missing)")
+    return NuScenes(version=version, dataroot=root, verbose=False)
+
+
+class _PointsOnly(torch.utils.data.Dataset):
+    """Reader items for the voxel representation (optionally augmented)."""
+
+    def __init__(self, base, augment: Optional[Dict[str, Any]]) -> None:
+        self.base, self.augment = base, augment
+        self.class_names, self.ignore_index = base.class_names, base.ignore_index
+        self.num_classes = len(base.class_names)
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int) -> Dict[str, Any]:
+        item = dict(self.base[i])
+        if self.augment:
+            from .augment import augment_points
+            rng = np.random.default_rng(np.random.randint(2 ** 31))
+            pts, keep = augment_points(item["points"], rng, **self.augment)
+            item["points"] = pts
+            if item.get("labels") is not None:
+                item["labels"] = item["labels"][keep]
+        return item
 
 
 class LidarTask(Task):
     name = "3d"
+
+    # -- data -----------------------------------------------------------------------
+    def build_dataset(self, name, cfg, split, train):
+        base = build_reader(name, cfg, split)
+        augment = cfg.get("augment") if train else None
+        if cfg.get("representation", "range") == "voxel":
+            return _PointsOnly(base, augment)
+        from .datasets.range_dataset import RangeImageDataset
+        from .projection import RangeProjection
+        return RangeImageDataset(base, RangeProjection(**sensor_of(cfg)), augment=augment)
+
+    def collate_fn(self, name, cfg):
+        if cfg.get("representation", "range") == "voxel":
+            from .voxel import collate_sparse
+            return functools.partial(collate_sparse, voxel_size=cfg.get("voxel_size", 0.2),
+                                     intensity_scale=float(cfg.get("intensity_scale", 1.0)))
+        from .datasets.range_dataset import collate_range
+        return collate_range
+
+    # -- model ----------------------------------------------------------------------
+    def build_model(self, model_cfg, num_classes, norm_layer):
+        from common.config import check_kwargs
+
+        kwargs = {k: v for k, v in model_cfg.items() if k != "name"}
+        name = model_cfg["name"]
+        if name == "salsanext":
+            from .models.salsanext import build_salsanext
+            fn = build_salsanext
+        elif name == "sparse_unet":
+            from .models.sparse_unet import build_sparse_unet
+            fn = build_sparse_unet
+        else:
+            from common.config import ConfigError
+            raise ConfigError(f"'model.name' is {name!r}; the 3d task has salsanext, sparse_unet")
+        check_kwargs(fn, kwargs, "model", reserved=("num_classes", "norm_layer"))
+        if norm_layer is not None:
+            kwargs["norm_layer"] = norm_layer
+        return fn(num_classes=num_classes, **kwargs)
+
+    def input_shape(self, name, cfg):
+        s = sensor_of(cfg)
+        return (5, int(s["height"]), int(s["width"]))
+
+    # -- loss -----------------------------------------------------------------------
+    def class_frequencies(self, name: str, cfg: Dict[str, Any], dataset) -> Optional[np.ndarray]:
+        mode = cfg.get("class_weights", "content" if cfg["type"] == "semantickitti" else "computed")
+        k = len(dataset.class_names)
+        if mode == "none":
+            return None
+        if mode == "content":
+            if cfg["type"] != "semantickitti":
+                raise ValueError(f"data.{name}.class_weights=content exists only for SemanticKITTI")
+            from .datasets.labelmap import SemanticKittiLabelMap
+            return SemanticKittiLabelMap().content_by_train_id()
+        if mode != "computed":
+            raise ValueError(f"data.{name}.class_weights must be content, computed or none, not {mode!r}")
+        from .losses import cached_frequencies, compute_label_frequencies
+
+        reader = getattr(dataset, "base", dataset)
+        key = hashlib.sha1(f"{os.path.abspath(cfg['root'])}|{cfg.get('version')}|{cfg['type']}|"
+                           f"{cfg.get('train_split', 'train')}|{len(reader)}".encode()).hexdigest()[:16]
+        cache = os.path.join(os.path.expanduser(os.environ.get("CDCL_CACHE", "~/.cache/cdcl")),
+                             f"freq_{name}_{key}.json")
+        os.makedirs(os.path.dirname(cache), exist_ok=True)
+
+        def count() -> np.ndarray:
+            logger.info("counting class frequencies of %s (%d scans) once; cache %s", name, len(reader), cache)
+            return compute_label_frequencies(
+                (reader[i]["labels"] for i in range(len(reader)) if reader[i]["labels"] is not None), k)
+        return np.asarray(cached_frequencies(cache, count))
+
+    def build_criterion(self, name, cfg, dataset, model_cfg):
+        from .losses import LidarSegLoss, class_weights_from_frequencies
+
+        freq = self.class_frequencies(name, cfg, dataset)
+        weights = class_weights_from_frequencies(freq) if freq is not None else None
+        loss = LidarSegLoss(weights, ignore_index=dataset.ignore_index,
+                            lovasz_weight=float(cfg.get("lovasz_weight", 1.0)))
+        voxel = cfg.get("representation", "range") == "voxel"
+
+        def criterion(output, batch):
+            loss.to(output.device)
+            if voxel:  # per-point logits (N, K) vs (N,)
+                return loss(output, batch["labels"])
+            return loss(output, batch["labels"])
+
+        return criterion
+
+    def forward(self, model, batch):
+        if "voxel_feats" in batch:
+            return model(batch)
+        return model(batch["inputs"])
+
+    # -- evaluation -----------------------------------------------------------------
+    @torch.no_grad()
+    def predict_points(self, model, batch, opts, knn_module=None):
+        """Per-point predictions of a batch: list of (N,) long tensors (and KNN ones)."""
+        out = self.forward(model, batch)
+        if "voxel_feats" in batch:
+            pred = out.argmax(1)
+            offsets = batch["point_offsets"] if "point_offsets" in batch else None
+            return _split_points(pred, batch), None, None
+        argmax = out.argmax(1)  # (B, H, W)
+        plain, knn = [], []
+        for b in range(argmax.shape[0]):
+            rows, cols = batch["proj_row"][b], batch["proj_col"][b]
+            plain.append(argmax[b][rows, cols])
+            if knn_module is not None:
+                knn.append(knn_module(batch["proj_range"][b], batch["range"][b], argmax[b], cols, rows))
+        return plain, (knn if knn_module is not None else None), argmax
+
+    def _knn(self, dataset, opts, device):
+        if not opts.get("knn", True):
+            return None
+        from .knn import KNNPostProcess
+        return KNNPostProcess(len(dataset.class_names), search=int(opts.get("knn_search", 5)),
+                              k=int(opts.get("knn_k", 5)), sigma=float(opts.get("knn_sigma", 1.0)),
+                              cutoff=float(opts.get("knn_cutoff", 1.0))).to(device)
+
+    @torch.no_grad()
+    def evaluate(self, model, loader, name, dataset, device, cfg):
+        k, ignore = len(dataset.class_names), dataset.ignore_index
+        new = lambda: ConfusionMatrix(k, ignore, dataset.class_names, device=device)
+        cms = {}
+        knn_module = self._knn(dataset, cfg, device)
+        if knn_module is not None:
+            cms["points_knn"] = new()
+        cms["points"] = new()
+        cms["range_image"] = new()
+        for batch in loader:
+            batch = to_device(batch, device)
+            plain, knn, argmax = self.predict_points(model, batch, cfg, knn_module)
+            labels = _point_labels(batch)
+            for i, pred in enumerate(plain):
+                cms["points"].update(pred, labels[i])
+                if knn is not None:
+                    cms["points_knn"].update(knn[i], labels[i])
+            if argmax is not None:
+                cms["range_image"].update(argmax, batch["labels"])
+        if "voxel_feats" in (batch or {}):
+            cms.pop("range_image")
+        return cms
+
+    def miou_mode(self, name, cfg):
+        return "present" if cfg.get("type") == "nuscenes" else "all"
+
+    # -- predictions in the benchmarks' formats ----------------------------------
+    @torch.no_grad()
+    def predict(self, model, loader, name, dataset, device, out_dir, cfg):
+        from .submission import NuScenesWriter, SemanticKittiWriter
+
+        reader = getattr(dataset, "base", dataset)
+        if reader.__class__.__name__ == "SemanticKITTI":
+            writer = SemanticKittiWriter(out_dir, reader.label_map)
+        else:
+            writer = NuScenesWriter(out_dir, reader)
+        knn_module = self._knn(dataset, cfg, device)
+        n = 0
+        for batch in loader:
+            batch = to_device(batch, device)
+            plain, knn, _ = self.predict_points(model, batch, cfg, knn_module)
+            preds = knn if knn is not None else plain
+            for i, pred in enumerate(preds):
+                writer.write(batch["id"][i], pred.cpu().numpy())
+                n += 1
+        writer.close()
+        return n
+
+    # -- TensorBoard pictures --------------------------------------------------------
+    def log_images(self, writer, model, val_sets, cfg, device, step):
+        from common.dataset_specific import route
+        from common.checkpoint import unwrap
+
+        from .vis.colors import train_palette
+        from .vis.tensorboard import add_range_images
+
+        m = unwrap(model).eval()
+        for name, ds in val_sets.items():
+            if not hasattr(ds, "projection"):
+                continue
+            item = ds[0]
+            batch = to_device(self.collate_fn(name, cfg.data[name].as_dict())([item]), device)
+            with torch.no_grad(), route(m, name):
+                pred = self.forward(m, batch).argmax(1)[0].cpu().numpy()
+            palette = train_palette(cfg.data[name].type)
+            add_range_images(writer, f"val/{name}", step, batch["proj_range"][0].cpu().numpy(),
+                             item["inputs"][4].numpy(), item["labels"].numpy(), pred, palette,
+                             max_images=1)
+        m.train()
+
+    # -- demo ------------------------------------------------------------------------
+    def demo(self, args) -> int:
+        from .demo import run_demo
+        return run_demo(args)
+
+
+def _point_labels(batch) -> list:
+    if "voxel_feats" in batch:
+        return _split_points(batch["labels"], batch)
+    return list(batch["points_labels"])
+
+
+def _split_points(x: torch.Tensor, batch) -> list:
+    offsets = batch.get("offsets") or batch.get("point_offsets")
+    if offsets is None:
+        return [x]
+    offsets = [int(o) for o in offsets]
+    if offsets[0] != 0:
+        offsets = [0] + offsets
+    return [x[offsets[i]:offsets[i + 1]] for i in range(len(offsets) - 1)]

@@ -1,0 +1,62 @@
+"""Predictions in each benchmark's own submission format.
+
+* SemanticKITTI: ``OUT/sequences/NN/predictions/NNNNNN.label``, uint32 raw
+  label ids (the inverse learning map), one per point, as the official
+  ``validate_submission.py`` / ``evaluate_semantics.py`` expect.
+* nuScenes-lidarseg: ``OUT/lidarseg/<split>/<sample_data token>_lidarseg.bin``
+  (uint8 challenge ids 1..16; 0 is forbidden in a prediction) and
+  ``OUT/<split>/submission.json`` with the challenge's ``meta`` block, where
+  ``<split>`` is the devkit's split name (``val``, ``test``, ``mini_val``...).
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Dict
+
+import numpy as np
+
+
+class SemanticKittiWriter:
+    def __init__(self, out_dir: str, label_map: Any) -> None:
+        self.out_dir, self.label_map = out_dir, label_map
+
+    def write(self, sample_id: str, train_ids: np.ndarray) -> str:
+        seq, frame = sample_id.split("/")
+        folder = os.path.join(self.out_dir, "sequences", seq, "predictions")
+        os.makedirs(folder, exist_ok=True)
+        path = os.path.join(folder, f"{frame}.label")
+        raw = self.label_map.to_raw(np.asarray(train_ids, dtype=np.int64)).astype(np.uint32)
+        raw.tofile(path)
+        return path
+
+    def close(self) -> None:
+        pass
+
+
+class NuScenesWriter:
+    META = {"use_camera": False, "use_lidar": True, "use_radar": False, "use_map": False,
+            "use_external": False}
+
+    def __init__(self, out_dir: str, reader: Any, meta: Dict[str, bool] = None) -> None:
+        from .datasets.nuscenes import _split_name
+
+        self.out_dir = out_dir
+        self.split = _split_name(reader.version, reader.split)
+        self.bin_dir = os.path.join(out_dir, "lidarseg", self.split)
+        os.makedirs(self.bin_dir, exist_ok=True)
+        self.meta = dict(meta or self.META)
+
+    def write(self, token: str, train_ids: np.ndarray) -> str:
+        train_ids = np.asarray(train_ids, dtype=np.int64)
+        if train_ids.size and (train_ids.min() < 0 or train_ids.max() > 15):
+            raise ValueError(f"nuScenes prediction for {token}: train ids must be 0..15")
+        path = os.path.join(self.bin_dir, f"{token}_lidarseg.bin")
+        (train_ids + 1).astype(np.uint8).tofile(path)  # challenge ids 1..16
+        return path
+
+    def close(self) -> None:
+        meta_dir = os.path.join(self.out_dir, self.split)
+        os.makedirs(meta_dir, exist_ok=True)
+        with open(os.path.join(meta_dir, "submission.json"), "w", encoding="utf-8") as f:
+            json.dump({"meta": self.meta}, f, indent=2)
