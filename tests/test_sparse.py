@@ -10,13 +10,24 @@ from torch import nn
 
 with warnings.catch_warnings():  # spconv uses deprecated torch.cuda.amp decorators
     warnings.simplefilter("ignore")
-    from cdcl3d.models.sparse_unet import SparseApply, SparseUNet, set_conv_algo
+    from cdcl3d.models.sparse_unet import (SparseApply, SparseUNet, build_sparse_unet,
+                                           parse_conv_algo, set_conv_algo)
     from spconv.pytorch import ConvAlgo
     from spconv.pytorch.conv import SparseConvolution
 
 from cdcl3d.voxel import collate_sparse, voxelize
 
 TINY = dict(base_channels=8, channels=(8, 16, 32))
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """These tensors are tiny: extra OpenMP threads only spin on a busy machine
+    (seen 30x slower with 2 threads under load)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 def _cloud(n: int, seed: int, size: float = 8.0) -> np.ndarray:
@@ -123,6 +134,18 @@ def test_forward_resets_algo_on_cpu_and_norms_are_plain_modules():
              and isinstance(m.module, nn.BatchNorm1d)]
     assert len(norms) == sum(isinstance(m, nn.BatchNorm1d) for m in model.modules()) > 0
     assert model.heads == ["cls"] and isinstance(model.cls, nn.Linear)
+
+
+def test_builder_and_algo_names():
+    model = build_sparse_unet(3, channels=[8, 16], base_channels=8, algo="mask_implicit_gemm",
+                              norm_layer=None)
+    assert model.conv_algo(torch.device("cuda")) == ConvAlgo.MaskImplicitGemm
+    assert model.conv_algo(torch.device("cpu")) == ConvAlgo.Native
+    assert build_sparse_unet(3, **TINY).conv_algo(torch.device("cuda")) == ConvAlgo.MaskImplicitGemm
+    assert parse_conv_algo("auto") is None and parse_conv_algo("Native") == ConvAlgo.Native
+    with pytest.raises(ValueError, match="valid: auto"):
+        parse_conv_algo("fast")
+    assert any(isinstance(m, nn.BatchNorm1d) for m in model.modules())
 
 
 def test_norm_layer_argument_is_used():

@@ -28,7 +28,7 @@ use outside ``SparseUNet.forward``; the forward pass overrides it).
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 import torch
 from torch import nn
@@ -131,8 +131,10 @@ class SparseUNet(nn.Module):
 
     def __init__(self, in_channels: int = 4, num_classes: int = 19, base_channels: int = 16,
                  channels: Sequence[int] = (16, 32, 64, 128), blocks: int = 1,
-                 norm_layer: NormLayer = nn.BatchNorm1d, algo: Optional[ConvAlgo] = None) -> None:
+                 norm_layer: Optional[NormLayer] = nn.BatchNorm1d,
+                 algo: Optional[ConvAlgo] = None) -> None:
         super().__init__()
+        norm_layer = nn.BatchNorm1d if norm_layer is None else norm_layer
         channels = list(channels)
         if not channels or blocks < 1 or in_channels < 1 or num_classes < 1:
             raise ValueError(f"bad SparseUNet arguments: channels={channels}, blocks={blocks}, "
@@ -209,3 +211,30 @@ class SparseUNet(nn.Module):
     def forward(self, batch: Dict[str, Any]) -> torch.Tensor:
         """Per-point logits ``(ΣN, K)``: each point takes its voxel's logits."""
         return self.voxel_logits(batch)[batch["point2voxel"]]
+
+
+def parse_conv_algo(algo: Union[None, str, ConvAlgo]) -> Optional[ConvAlgo]:
+    """``None``/``"auto"`` -> None; a name (``"native"``, ``"MaskImplicitGemm"``,
+    ``"mask_split_implicit_gemm"``) or a :class:`ConvAlgo` -> that algorithm."""
+    if algo is None or isinstance(algo, ConvAlgo):
+        return algo
+    key = str(algo).replace("_", "").lower()
+    if key == "auto":
+        return None
+    for name in ConvAlgo.__members__:
+        if name.lower() == key:
+            return ConvAlgo.__members__[name]
+    valid = ", ".join(["auto"] + list(ConvAlgo.__members__))
+    raise ValueError(f"unknown spconv algorithm {algo!r}; valid: {valid}")
+
+
+def build_sparse_unet(num_classes: int, in_channels: int = 4, base_channels: int = 16,
+                      channels: Sequence[int] = (16, 32, 64, 128), blocks: int = 1,
+                      norm_layer: Optional[NormLayer] = None,
+                      algo: Union[None, str, ConvAlgo] = None) -> SparseUNet:
+    """Build :class:`SparseUNet` from config-style keyword arguments
+    (``algo`` may be a name, see :func:`parse_conv_algo`; ``norm_layer=None``
+    means ``nn.BatchNorm1d``)."""
+    return SparseUNet(in_channels=in_channels, num_classes=num_classes,
+                      base_channels=base_channels, channels=tuple(channels), blocks=blocks,
+                      norm_layer=norm_layer, algo=parse_conv_algo(algo))
