@@ -84,3 +84,23 @@ def test_returns_logits_not_probabilities():
     with torch.no_grad():
         out = model(torch.randn(1, 5, 16, 32))
     assert not torch.allclose(out.sum(1), torch.ones(1, 16, 32))
+
+
+def test_dataset_aware_collapse_and_fold_match_routed_model():
+    """The core's converters carry over: dataset-aware BN, route, collapse,
+    fold_bn (which needs the model to be torch.fx-traceable)."""
+    dataset_specific = pytest.importorskip("common.dataset_specific")
+    torch.manual_seed(0)
+    model = dataset_specific.convert_dataset_specific(build_salsanext(4, width=0.25), ["a", "b"])
+    x = torch.randn(2, 5, 32, 64)
+    for name in ("a", "b"):  # give each branch its own statistics
+        with dataset_specific.route(model, name):
+            model(x + (name == "b"))
+    model.eval()
+    with torch.no_grad():
+        with dataset_specific.route(model, "b"):
+            ref = model(x)
+        plain = dataset_specific.collapse(model, "b")
+        assert count_parameters(plain) == count_parameters(build_salsanext(4, width=0.25))
+        torch.testing.assert_close(plain(x), ref)
+        torch.testing.assert_close(dataset_specific.fold_bn(plain)(x), ref)
