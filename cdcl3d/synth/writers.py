@@ -69,7 +69,7 @@ def write_kitti_sequence_meta(seq_dir: str, velo_poses: List[np.ndarray], times:
             f.write(f"{name}: {_fmt(vals)}\n")
         f.write(f"Tr: {_fmt(KITTI_TR[:3].reshape(-1))}\n")
     inv_tr = np.linalg.inv(KITTI_TR)
-    inv_v0 = np.linalg.inv(velo_poses[0])
+    inv_v0 = np.linalg.inv(velo_poses[0]) if velo_poses else np.eye(4)
     with open(os.path.join(seq_dir, "poses.txt"), "w", encoding="utf-8") as f:
         for v in velo_poses:
             cam = KITTI_TR @ inv_v0 @ v @ inv_tr
