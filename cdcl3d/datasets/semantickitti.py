@@ -1,0 +1,149 @@
+"""SemanticKITTI reader.
+
+Layout: ``<root>/sequences/NN/velodyne/NNNNNN.bin`` (float32 x, y, z,
+remission) and ``<root>/sequences/NN/labels/NNNNNN.label`` (uint32, low 16 bits
+semantic id, high 16 bits instance id). The test sequences (11-21) have no
+labels.
+
+Bad samples: with ``on_bad_sample='raise'`` (default) a bad file raises when it
+is read. With ``'skip'`` the constructor drops (and logs) every scan whose file
+sizes are wrong (not a multiple of 16 bytes, empty, label count != point
+count, missing label file); problems only visible in the contents (NaN
+coordinates, unknown raw ids) are logged at load time and the item is replaced
+by the next good scan (cyclically), so the dataset length stays fixed.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+from .labelmap import IGNORE_INDEX, SemanticKittiLabelMap
+
+logger = logging.getLogger(__name__)
+
+POINT_BYTES = 16  # 4 x float32
+LABEL_BYTES = 4  # uint32
+
+
+def _check_finite(points: np.ndarray, path: str) -> None:
+    if not np.isfinite(points).all():
+        bad = int((~np.isfinite(points)).any(axis=1).sum())
+        raise ValueError(f"{path}: {bad} point(s) with NaN or infinite values")
+
+
+def read_points(path: str) -> np.ndarray:
+    """Read a SemanticKITTI ``.bin`` scan as a ``(N, 4)`` float32 array."""
+    size = os.path.getsize(path)  # FileNotFoundError names the path
+    if size % POINT_BYTES != 0:
+        raise ValueError(f"{path}: size {size} bytes is not a multiple of {POINT_BYTES} "
+                         "(4 float32 per point)")
+    points = np.fromfile(path, dtype=np.float32).reshape(-1, 4)
+    _check_finite(points, path)
+    return points
+
+
+def read_labels(path: str, num_points: int) -> np.ndarray:
+    """Read a ``.label`` file as ``(N,)`` uint32 raw ids; checks the count."""
+    size = os.path.getsize(path)
+    if size % LABEL_BYTES != 0:
+        raise ValueError(f"{path}: size {size} bytes is not a multiple of {LABEL_BYTES} (uint32)")
+    labels = np.fromfile(path, dtype=np.uint32)
+    if labels.shape[0] != num_points:
+        raise ValueError(f"{path}: {labels.shape[0]} labels but the scan has {num_points} points")
+    return labels
+
+
+class SemanticKITTI(torch.utils.data.Dataset):
+    """SemanticKITTI scans with training labels (0..18, ignore 255).
+
+    Item: ``dict(points=(N, 4) float32, labels=(N,) int64 or None, dataset,
+    id='08/000123', sequence, frame, path)``.
+    """
+
+    num_classes = 19
+    ignore_index = IGNORE_INDEX
+
+    def __init__(self, root: str, split: str = "train", sequences: Optional[Sequence[str]] = None,
+                 on_bad_sample: str = "raise", name: str = "semantickitti") -> None:
+        if on_bad_sample not in ("raise", "skip"):
+            raise ValueError(f"on_bad_sample must be 'raise' or 'skip', got {on_bad_sample!r}")
+        self.root = os.fspath(root)
+        self.split = split
+        self.name = name
+        self.on_bad_sample = on_bad_sample
+        self.label_map = SemanticKittiLabelMap()
+        self.class_names: List[str] = list(self.label_map.class_names)
+        seqs = self.label_map.split(split) if sequences is None else [f"{int(s):02d}" for s in sequences]
+        self.sequences = seqs
+        self.has_labels = split != "test"
+
+        seq_root = os.path.join(self.root, "sequences")
+        self.samples: List[Dict[str, str]] = []
+        for seq in seqs:
+            seq_dir = os.path.join(seq_root, seq)
+            velo_dir = os.path.join(seq_dir, "velodyne")
+            if not os.path.isdir(velo_dir):
+                raise FileNotFoundError(f"SemanticKITTI sequence folder not found: {velo_dir} "
+                                        f"(split {split!r} needs sequences {', '.join(seqs)})")
+            frames = sorted(f[:-4] for f in os.listdir(velo_dir) if f.endswith(".bin"))
+            for frame in frames:
+                self.samples.append({
+                    "sequence": seq, "frame": frame,
+                    "points": os.path.join(velo_dir, frame + ".bin"),
+                    "labels": os.path.join(seq_dir, "labels", frame + ".label"),
+                })
+        if on_bad_sample == "skip":
+            self.samples = [s for s in self.samples if self._sizes_ok(s)]
+        if not self.samples:
+            logger.warning("SemanticKITTI %s split %r: no scans found under %s", name, split, seq_root)
+
+    def _sizes_ok(self, s: Dict[str, str]) -> bool:
+        """Cheap size checks (no reading); logs and returns False for a bad scan."""
+        size = os.path.getsize(s["points"])
+        if size == 0 or size % POINT_BYTES:
+            logger.warning("skipping %s: size %d is not a positive multiple of %d bytes",
+                           s["points"], size, POINT_BYTES)
+            return False
+        if self.has_labels:
+            if not os.path.isfile(s["labels"]):
+                logger.warning("skipping %s: label file %s missing", s["points"], s["labels"])
+                return False
+            lsize = os.path.getsize(s["labels"])
+            if lsize // LABEL_BYTES != size // POINT_BYTES or lsize % LABEL_BYTES:
+                logger.warning("skipping %s: %d bytes of labels for %d points", s["labels"], lsize,
+                               size // POINT_BYTES)
+                return False
+        return True
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def load(self, index: int) -> Dict[str, Any]:
+        """Read scan ``index`` (raises on bad data whatever ``on_bad_sample`` says)."""
+        s = self.samples[index]
+        points = read_points(s["points"])
+        labels = None
+        if self.has_labels:
+            raw = read_labels(s["labels"], points.shape[0])
+            try:
+                labels = self.label_map.to_train(raw)
+            except ValueError as exc:
+                raise ValueError(f"{s['labels']}: {exc}") from None
+        return {"points": points, "labels": labels, "dataset": self.name,
+                "id": f"{s['sequence']}/{s['frame']}", "sequence": s["sequence"],
+                "frame": s["frame"], "path": s["points"]}
+
+    def __getitem__(self, index: int) -> Dict[str, Any]:
+        if self.on_bad_sample == "raise":
+            return self.load(index)
+        n = len(self.samples)
+        for k in range(n):
+            try:
+                return self.load((index + k) % n)
+            except (ValueError, OSError) as exc:
+                logger.warning("skipping bad SemanticKITTI scan: %s", exc)
+        raise RuntimeError(f"no readable scan left in SemanticKITTI {self.name} ({self.root})")
