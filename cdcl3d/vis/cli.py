@@ -28,14 +28,14 @@ import argparse
 import glob
 import os
 import sys
-from typing import Any, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from .colors import (CORRECT_COLOR, IGNORE_INDEX, IGNORED_COLOR, MODES, WRONG_COLOR, class_names,
                      colorize, nuscenes_fine_to_train_lut, point_ranges, present_classes, train_palette)
 from .render import CAMERAS, make_camera, render_any, save_png
-from .viewer import ScanData, has_display, key_help, show_window
+from .viewer import ScanData, has_display, show_window
 
 DATASETS = ("semantickitti", "nuscenes")
 
@@ -269,7 +269,6 @@ def _run(args: argparse.Namespace) -> int:
             pred = args.pred if (args.pred and os.path.isdir(args.pred)) else None
             return load_scan_files(files[i], None, pred, dataset)[0]
 
-        print(key_help())
         show_window(load, len(files), palette, start=start, mode=args.color, point_size=args.point_size,
                     title=f"cdcl show {scan.name}")
         return 0

@@ -129,7 +129,7 @@ def kitti_raw_colors(raw: np.ndarray) -> np.ndarray:
 
 # -- nuScenes --------------------------------------------------------------------
 
-def _devkit_colormap() -> "Dict[str, Tuple[int, int, int]]":
+def _devkit_colormap() -> Dict[str, Tuple[int, int, int]]:
     try:
         from nuscenes.utils.color_map import get_colormap
     except ImportError as exc:  # the devkit is the 'nuscenes' extra
