@@ -55,7 +55,7 @@ NUSCENES_SENSOR = Sensor(
     max_range=70.0,
     min_range=1.0,
     range_noise=0.03,
-    dropout=0.02,
+    dropout=0.01,
     outliers=0.001,
 )
 

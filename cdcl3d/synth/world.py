@@ -183,7 +183,7 @@ NUSCENES_STYLE = Style(
     moving_per_100m=4.0,
     pedestrians_per_100m=8.0,
     cross_street_every=(60.0, 120.0),
-    street_end=(40.0, 80.0),
+    street_end=(20.0, 45.0),
     greenery=0.2,
     object_mix={"bus": 0.6, "bendy-bus": 0.1, "truck": 0.5, "other-vehicle": 0.3,
                 "trailer": 0.2, "bicycle": 0.8, "motorcycle": 0.5, "bicyclist": 0.4,
@@ -365,7 +365,7 @@ def place_pole(w: World, rng: np.random.Generator, x: float, y: float, sign: boo
         plate_w = rng.uniform(0.6, 0.9)
         plate_h = rng.uniform(0.6, 0.9)
         w.box("traffic-sign", 0, x, y, height - plate_h + 0.2, 0.05, plate_w, plate_h,
-              0.0 if rng.random() < 0.5 else math.pi / 2 * 0.1)
+              rng.normal(0.0, 0.1))
 
 
 # -- the street ---------------------------------------------------------------
@@ -661,7 +661,7 @@ def _populate_road(w: World, style: Style, rng: np.random.Generator, half: float
 def _place_rare(w: World, style: Style, rng: np.random.Generator, kind: str, x: float,
                 half: float, lanes: int, lane_w: float) -> None:
     s = 1 if rng.random() < 0.5 else -1
-    on_road_y = s * lane_w * (lanes - 0.5) * -1 * (1 if rng.random() < 0.5 else -1)
+    on_road_y = s * lane_w * (lanes - 0.5)  # the kerb-side lane of either direction
     if kind in ("truck", "other-vehicle", "bus", "bendy-bus", "trailer", "ambulance", "police-car"):
         moving = rng.random() < 0.4 and kind in ("truck", "other-vehicle", "bus")
         name = ("moving-" + kind) if moving else kind
