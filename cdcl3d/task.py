@@ -134,8 +134,9 @@ class LidarTask(Task):
     def collate_fn(self, name, cfg):
         if cfg.get("representation", "range") == "voxel":
             from .voxel import collate_sparse
+            default_scale = 255.0 if cfg.get("type") == "nuscenes" else 1.0
             return functools.partial(collate_sparse, voxel_size=cfg.get("voxel_size", 0.2),
-                                     intensity_scale=float(cfg.get("intensity_scale", 1.0)))
+                                     intensity_scale=float(cfg.get("intensity_scale", default_scale)))
         from .datasets.range_dataset import collate_range
         return collate_range
 
@@ -160,6 +161,9 @@ class LidarTask(Task):
         return fn(num_classes=num_classes, **kwargs)
 
     def input_shape(self, name, cfg):
+        if cfg.get("representation", "range") == "voxel":
+            raise NotImplementedError("the sparse voxel network has no dense input shape "
+                                      "(no FLOP count or ONNX export through spconv)")
         s = sensor_of(cfg)
         return (5, int(s["height"]), int(s["width"]))
 
@@ -219,9 +223,7 @@ class LidarTask(Task):
         """Per-point predictions of a batch: list of (N,) long tensors (and KNN ones)."""
         out = self.forward(model, batch)
         if "voxel_feats" in batch:
-            pred = out.argmax(1)
-            offsets = batch["point_offsets"] if "point_offsets" in batch else None
-            return _split_points(pred, batch), None, None
+            return _split_points(out.argmax(1), batch), None, None
         argmax = out.argmax(1)  # (B, H, W)
         plain, knn = [], []
         for b in range(argmax.shape[0]):
@@ -283,7 +285,8 @@ class LidarTask(Task):
             plain, knn, _ = self.predict_points(model, batch, cfg, knn_module)
             preds = knn if knn is not None else plain
             for i, pred in enumerate(preds):
-                writer.write(batch["id"][i], pred.cpu().numpy())
+                ids = batch["id"] if "id" in batch else batch["ids"]
+                writer.write(ids[i], pred.cpu().numpy())
                 n += 1
         writer.close()
         return n
@@ -323,10 +326,8 @@ def _point_labels(batch) -> list:
 
 
 def _split_points(x: torch.Tensor, batch) -> list:
-    offsets = batch.get("offsets") or batch.get("point_offsets")
+    offsets = batch.get("offsets")
     if offsets is None:
         return [x]
-    offsets = [int(o) for o in offsets]
-    if offsets[0] != 0:
-        offsets = [0] + offsets
+    offsets = [int(o) for o in offsets]  # (B+1,) starts of each scan's points
     return [x[offsets[i]:offsets[i + 1]] for i in range(len(offsets) - 1)]

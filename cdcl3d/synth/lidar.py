@@ -69,6 +69,9 @@ def generate_semantickitti(out: str, seed: int = 0, scans: int = 60,
                            points_scale: float = 1.0) -> Dict[str, object]:
     """Write SemanticKITTI sequences under ``out`` (the folder holding ``sequences``)."""
     counts = _deal(scans, _KITTI_ORDER)
+    # the rest of the official test split (13-21) exists, empty, so that
+    # split="test" resolves exactly as on the real dataset
+    counts.update({s: 0 for s in range(13, 22)})
     written = {}
     for seq in sorted(counts):
         n = counts[seq]
