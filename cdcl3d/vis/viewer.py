@@ -101,11 +101,15 @@ def show_window(load_scan: Callable[[int], ScanData], num_scans: int, palette: O
     current = {"scan": first}
     pcd = o3d.geometry.PointCloud()
 
-    def refresh(vis, reset_view: bool = False) -> bool:
+    def fill() -> None:
         scan = current["scan"]
         pcd.points = o3d.utility.Vector3dVector(np.asarray(scan.points)[:, :3].astype(np.float64))
         cols = colorize(state.mode, scan.points, scan.labels, scan.preds, palette)
         pcd.colors = o3d.utility.Vector3dVector(cols.astype(np.float64) / 255.0)
+
+    def refresh(vis, reset_view: bool = False) -> bool:
+        scan = current["scan"]
+        fill()
         vis.update_geometry(pcd)
         if reset_view:
             vis.reset_view_point(True)
@@ -137,6 +141,7 @@ def show_window(load_scan: Callable[[int], ScanData], num_scans: int, palette: O
     opt = vis.get_render_option()
     opt.point_size = float(point_size)
     opt.background_color = np.zeros(3)
+    fill()  # before add_geometry, which sizes the view on the points
     vis.add_geometry(pcd)
     vis.register_key_callback(ord("C"), on_cycle)
     vis.register_key_callback(ord("N"), on_move(+1))
