@@ -391,10 +391,9 @@ def to_camvid(label_ids: np.ndarray) -> np.ndarray:
 
 
 def _weather(kind: str, rng: np.random.Generator) -> str:
+    """BDD100K mixes day, dusk, night and rain; the others are daytime."""
     if kind == "bdd100k":
         return str(rng.choice(["day", "day", "dusk", "night", "rain"]))
-    if kind == "cityscapes":
-        return "day"
     return "day"
 
 

@@ -227,20 +227,27 @@ class ImageTask(Task):
     def log_images(self, writer, model: nn.Module, datasets: Dict[str, Any], cfg, device: torch.device,
                    step: int) -> None:
         """TensorBoard: image | ground truth | prediction for each dataset's first
-        validation image (the caller has set eval mode)."""
+        validation image."""
+        from common.checkpoint import unwrap
         from common.dataset_specific import route
 
         from .transforms import denormalize
         from .visualize import colorize
 
-        for name, ds in datasets.items():
-            item = ds[0]
-            with route(model, name):
-                pred = self.predict_batch(model, item["inputs"][None].to(device), {})[0].cpu().numpy()
-            img = denormalize(item["inputs"].numpy())
-            gt = colorize(item["labels"].numpy(), ds.name) if "labels" in item else np.zeros_like(img)
-            panel = np.concatenate([img, gt, colorize(pred, ds.name)], 1)
-            writer.add_image(f"val/{name}", panel, step, dataformats="HWC")
+        model = unwrap(model)
+        was_training = model.training
+        model.eval()  # a single image must not touch the BN statistics
+        try:
+            for name, ds in datasets.items():
+                item = ds[0]
+                with route(model, name):
+                    pred = self.predict_batch(model, item["inputs"][None].to(device), {})[0].cpu().numpy()
+                img = denormalize(item["inputs"].numpy())
+                gt = colorize(item["labels"].numpy(), ds.name) if "labels" in item else np.zeros_like(img)
+                panel = np.concatenate([img, gt, colorize(pred, ds.name)], 1)  # (H, 3W, 3)
+                writer.add_image(f"val/{name}", panel, step, dataformats="HWC")
+        finally:
+            model.train(was_training)
 
     # -- demo ---------------------------------------------------------------------
     def demo(self, args: argparse.Namespace) -> int:

@@ -157,3 +157,25 @@ def test_tiny_cdcl_run(root, tmp_path):
     assert set(results) == {"cityscapes", "camvid"}
     assert all(0.0 <= r["miou"] <= 1.0 for r in results.values())
     assert os.path.isfile(tmp_path / "run" / "checkpoints" / "latest.pth")
+
+
+def test_log_images_keeps_bn_statistics_and_mode(root):
+    from common.dataset_specific import convert_dataset_specific, convert_heads
+
+    task = ImageTask()
+    ds = task.build_dataset("cityscapes", _data_cfg(root, "cityscapes"), "val", False)
+    model = task.build_model({"name": "pspnet", "channels": 16, "aux_channels": 8}, 19, None)
+    convert_dataset_specific(model, ["cityscapes"])
+    convert_heads(model, {"cityscapes": 19})
+    model.train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    images = []
+
+    class Writer:
+        def add_image(self, tag, img, step, dataformats):
+            images.append((tag, img.shape, dataformats))
+
+    task.log_images(Writer(), model, {"cityscapes": ds}, None, torch.device("cpu"), 3)
+    assert images == [("val/cityscapes", (32, 64 * 3, 3), "HWC")]
+    assert model.training
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
