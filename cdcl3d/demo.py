@@ -42,10 +42,10 @@ def run_demo(args) -> int:
     os.makedirs(out, exist_ok=True)
     seeds: List[int] = list(args.seeds) if args.seeds else [0, 1, 2]
     quick = bool(getattr(args, "quick", False))
-    iterations = 30 if quick else 300
+    iterations = 30 if quick else 200
     data_root = os.path.abspath(os.path.join("data", "synth", "lidar"))
     _ensure_data(data_root, scans=24 if quick else 60)
-    preset = ("CPU preset: SalsaNext width 0.25, range images 64x512 (KITTI-like) and 32x512 "
+    preset = ("CPU preset: SalsaNext width 0.25, range images 64x256 (KITTI-like) and 32x256 "
               f"(nuScenes-like), {iterations} iterations per dataset, batch 2, seeds {seeds}")
     print(f"[demo] {preset}")
     overrides_common = [f"train.iterations={iterations}", "train.progress=false",

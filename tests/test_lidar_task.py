@@ -1,0 +1,147 @@
+"""The LiDAR task end to end on tiny generated data: train per strategy, eval,
+predict in both submission formats (read back by the readers and scored by the
+nuScenes devkit), ONNX export, the sparse network on the same core."""
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from common.config import build_config
+from common.trainer import train
+
+pytest.importorskip("nuscenes")
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    from cdcl3d.synth import generate_lidar
+
+    root = tmp_path_factory.mktemp("synth")
+    generate_lidar(str(root), seed=0, scans=12, points_scale=0.2)
+    return root
+
+
+def lidar_cfg(root, strategy="cdcl", mode="dat", iterations=2, model=None, voxel=False, single=None):
+    sensor = {"height": 16, "width": 64}
+    data = {
+        "semantickitti": {"type": "semantickitti", "root": str(root / "semantickitti"), "batch_size": 2,
+                          "class_weights": "computed", "sensor": dict(sensor, fov_up=3.0, fov_down=-25.0),
+                          "augment": {"rotate": True, "flip_x": True, "scale": [0.95, 1.05]}},
+        "nuscenes": {"type": "nuscenes", "root": str(root / "nuscenes"), "version": "v1.0-mini",
+                     "batch_size": 2, "sensor": dict(sensor, height=32, use_ring=True)},
+    }
+    if voxel:
+        for d in data.values():
+            d.update(representation="voxel", voxel_size=0.5, batch_size=1)
+            d.pop("sensor")
+    if single:
+        data = {single: data[single]}
+    d = {"task": "3d", "model": model or {"name": "salsanext", "width": 0.125, "dropout": 0.0},
+         "data": data, "strategy": {"name": strategy, "switch_at": 1},
+         "train": {"iterations": iterations, "lr": 0.01, "mode": mode, "progress": False,
+                   "checkpoint_every": 100, "log_every": 1, "threads": 1},
+         "eval": {"max_samples": 2, "options": {"knn": not voxel}}}
+    if strategy != "finetune":
+        d["strategy"].pop("switch_at")
+    return build_config(d, source="test")
+
+
+@pytest.mark.parametrize("strategy,mode", [("cdcl", "dat"), ("shared_bn", "dat"),
+                                           ("conv_not_shared", "dat"), ("cdcl", "sequential"),
+                                           ("finetune", "dat")])
+def test_one_iteration_per_strategy(data_root, tmp_path, strategy, mode):
+    res = train(lidar_cfg(data_root, strategy, mode), str(tmp_path / "run"))
+    assert set(res) == {"semantickitti", "nuscenes"}
+    for r in res.values():
+        assert 0.0 <= r["miou"] <= 1.0 and set(r["variants"]) == {"points_knn", "points", "range_image"}
+    rec = [json.loads(l) for l in open(tmp_path / "run/log.jsonl") if '"train"' in l]
+    assert all(np.isfinite(v) for r in rec for k, v in r.items() if k.startswith("loss/"))
+
+
+@pytest.fixture(scope="module")
+def trained(data_root, tmp_path_factory):
+    work = tmp_path_factory.mktemp("run")
+    cfg = lidar_cfg(data_root, iterations=2)
+    train(cfg, str(work))
+    return cfg, str(work / "checkpoints" / "latest.pth"), work
+
+
+def test_cli_eval_writes_json(trained, tmp_path):
+    from common.cli import main
+
+    cfg, ckpt, work = trained
+    out = tmp_path / "eval.json"
+    assert main(["eval", str(work / "config.yaml"), "--checkpoint", ckpt, "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert set(res) == {"semantickitti", "nuscenes"}
+    assert len(res["semantickitti"]["iou"]) == 19 and len(res["nuscenes"]["iou"]) == 16
+    assert res["nuscenes"]["miou_mode"] == "present" and res["semantickitti"]["miou_mode"] == "all"
+
+
+def test_predict_semantickitti_test_split_in_official_layout(trained, data_root, tmp_path):
+    from common.cli import main
+    from cdcl3d.datasets.labelmap import SemanticKittiLabelMap
+    from cdcl3d.datasets.semantickitti import read_labels, read_points
+
+    cfg, ckpt, work = trained
+    out = tmp_path / "kitti"
+    assert main(["predict", str(work / "config.yaml"), "--checkpoint", ckpt, "--dataset", "semantickitti",
+                 "--split", "test", "--out", str(out)]) == 0
+    files = sorted((out / "sequences").glob("*/predictions/*.label"))
+    scans = sorted((data_root / "semantickitti/sequences").glob("1[1-9]/velodyne/*.bin"))
+    assert files and len(files) == len(scans)
+    valid_raw = set(SemanticKittiLabelMap().config["learning_map_inv"].values())
+    for f, s in zip(files, scans):
+        assert f.parent.parent.name == s.parent.parent.name and f.stem == s.stem
+        raw = read_labels(str(f), len(read_points(str(s))))
+        assert raw.dtype == np.uint32 and set(np.unique(raw)) <= valid_raw
+
+
+def test_predict_nuscenes_val_is_scored_by_the_devkit(trained, data_root, tmp_path):
+    from nuscenes.eval.lidarseg.evaluate import LidarSegEval
+    from nuscenes.eval.lidarseg.validate_submission import validate_submission
+
+    from common.cli import main
+    from cdcl3d.task import _nusc_cache
+
+    cfg, ckpt, work = trained
+    out = tmp_path / "nusc"
+    assert main(["predict", str(work / "config.yaml"), "--checkpoint", ckpt, "--dataset", "nuscenes",
+                 "--split", "val", "--out", str(out)]) == 0
+    bins = list((out / "lidarseg" / "mini_val").glob("*_lidarseg.bin"))
+    assert bins and (out / "mini_val" / "submission.json").is_file()
+    for b in bins:
+        p = np.fromfile(b, dtype=np.uint8)
+        assert p.min() >= 1 and p.max() <= 16
+    nusc = _nusc_cache(str(data_root / "nuscenes"), "v1.0-mini")
+    validate_submission(nusc, str(out), "mini_val", verbose=False)
+    res = LidarSegEval(nusc, str(out), eval_set="mini_val", verbose=False).evaluate()
+    assert 0.0 <= res["miou"] <= 1.0
+
+
+def test_export_onnx_matches_pytorch(trained, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from common.cli import main
+
+    cfg, ckpt, work = trained
+    out = tmp_path / "m.onnx"
+    assert main(["export", ckpt, "--dataset", "nuscenes", "--out", str(out)]) == 0
+    assert out.stat().st_size > 10_000
+    from common.evaluation import load_model_for_eval
+    from common.export import export_onnx
+
+    model = load_model_for_eval(cfg, ckpt, torch.device("cpu"))
+    report = export_onnx(cfg, model, "semantickitti", str(tmp_path / "k.onnx"))
+    assert report["max_abs_diff_onnx_vs_torch"] < 1e-3
+    assert report["max_abs_diff_collapsed_vs_routed"] < 1e-4
+
+
+def test_sparse_network_trains_on_the_same_core(data_root, tmp_path):
+    pytest.importorskip("spconv")
+    cfg = lidar_cfg(data_root, iterations=2, voxel=True,
+                    model={"name": "sparse_unet", "base_channels": 8, "channels": [8, 16]})
+    res = train(cfg, str(tmp_path / "sparse"))
+    assert set(res) == {"semantickitti", "nuscenes"}
+    assert "points" in res["nuscenes"]["variants"]
