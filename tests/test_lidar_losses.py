@@ -140,3 +140,16 @@ def test_cached_frequencies_round_trip(tmp_path):
     path.write_text("{not json")
     with pytest.raises(ValueError, match="freq.json"):
         cached_frequencies(str(path), compute)
+
+
+def test_lidar_seg_loss_on_per_point_logits():
+    """(N, K) logits with (N,) labels, as the sparse-voxel network gives."""
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(30, 5, generator=g)
+    labels = torch.randint(0, 5, (30,), generator=g)
+    labels[:4] = 255
+    w = class_weights_from_frequencies(np.array([0.4, 0.3, 0.2, 0.1, 0.0]))
+    loss = LidarSegLoss(w)(logits, labels)
+    expected = (F.cross_entropy(logits, labels, weight=w, ignore_index=255)
+                + lovasz_softmax(F.softmax(logits, 1), labels))
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
