@@ -127,13 +127,25 @@ def _asin_fast(s):
     return p * s
 
 
-@njit(inline="always")
-def _near_border(v, eps):
-    f = v - math.floor(v)
-    return f < eps or f > 1.0 - eps
+@njit(cache=True, nogil=True)
+def _exact_col(xd, yd, width):
+    """The reference column formula with libm (slow path)."""
+    uc = 0.5 * (-math.atan2(yd, xd) / math.pi + 1.0) * width
+    return min(max(math.floor(uc), 0), width - 1)
 
 
 @njit(cache=True, nogil=True)
+def _exact_row(z, r, height, fov_up, fov_down):
+    """The reference row formula with libm (slow path); pitch 0 at zero range."""
+    sn = np.float64(z) / np.float64(r) if r > 0 else 0.0
+    pitch = math.asin(min(1.0, max(-1.0, sn)))
+    vr = (1.0 - (pitch - fov_down) / (fov_up - fov_down)) * height
+    return min(max(math.floor(vr), 0), height - 1)
+
+
+# error_model="numpy": no ZeroDivisionError checks, so that LLVM vectorises
+# the arithmetic loops (a zero range gives inf/nan there, flagged and redone).
+@njit(cache=True, nogil=True, error_model="numpy")
 def _project_kernel(points, labels, has_labels, height, width, fov_up, fov_down,
                     use_ring, ring_flip, means, stds, eps_col, eps_row):
     n = points.shape[0]
@@ -142,44 +154,57 @@ def _project_kernel(points, labels, has_labels, height, width, fov_up, fov_down,
     proj_col = np.empty(n, dtype=np.int64)
     rng = np.empty(n, dtype=np.float32)
     proj_idx = np.full((height, width), -1, dtype=np.int64)
-    bad_ring = -1
+    # Contiguous copies of the coordinates: strided loads would become slow
+    # gathers in the vectorised loops below.
+    xs = np.empty(n, dtype=np.float32)
+    ys = np.empty(n, dtype=np.float32)
+    zs = np.empty(n, dtype=np.float32)
+    redo = np.empty(n, dtype=np.bool_)  # near a pixel border or outside the fast path
     for i in range(n):
         x = points[i, 0]
         y = points[i, 1]
         z = points[i, 2]
+        xs[i] = x
+        ys[i] = y
+        zs[i] = z
         # float32 arithmetic in this order matches np.linalg.norm bit for bit
-        r = np.float32(math.sqrt(np.float32(np.float32(x * x + y * y) + z * z)))
-        rng[i] = r
-        xd = np.float64(x)
-        yd = np.float64(y)
+        rng[i] = np.float32(math.sqrt(np.float32(np.float32(x * x + y * y) + z * z)))
 
-        # column: floor(0.5 * (yaw / pi + 1) * W), yaw = -atan2(y, x)
-        exact = xd == 0.0 or yd == 0.0  # signed zeros: let libm decide +-pi
-        if not exact:
-            uc = 0.5 * (-_atan2_fast(yd, xd) / math.pi + 1.0) * width
-            exact = _near_border(uc, eps_col)
-        if exact:
-            uc = 0.5 * (-math.atan2(yd, xd) / math.pi + 1.0) * width
-        proj_col[i] = min(max(math.floor(uc), 0), width - 1)
+    # column: floor(0.5 * (yaw / pi + 1) * W), yaw = -atan2(y, x); zeros
+    # (signed, +-pi) go to libm
+    for i in range(n):
+        xd = np.float64(xs[i])
+        yd = np.float64(ys[i])
+        uc = 0.5 * (-_atan2_fast(yd, xd) / math.pi + 1.0) * width
+        fc = np.floor(uc)
+        dc = uc - fc
+        redo[i] = (xd == 0.0) | (yd == 0.0) | (dc < eps_col) | (dc > 1.0 - eps_col)
+        proj_col[i] = np.int32(min(max(fc, 0.0), width - 1.0))
 
-        if use_ring:
+    bad_ring = -1
+    if use_ring:
+        for i in range(n):
             row = int(math.floor(points[i, 4] + 0.5))
             if row < 0 or row >= height:
                 bad_ring = i
                 row = 0
             proj_row[i] = (height - 1 - row) if ring_flip else row
-        else:
-            # row: floor((1 - (pitch - fov_down) / fov) * H), pitch = asin(z / r)
-            sn = np.float64(z) / np.float64(r) if r > 0 else 0.0
-            exact = abs(sn) > _ASIN_MAX
-            if not exact:
-                pitch = _asin_fast(sn)
-                vr = (1.0 - (pitch - fov_down) / fov) * height
-                exact = _near_border(vr, eps_row)
-            if exact:
-                pitch = math.asin(min(1.0, max(-1.0, sn)))
-                vr = (1.0 - (pitch - fov_down) / fov) * height
-            proj_row[i] = min(max(math.floor(vr), 0), height - 1)
+        for i in range(n):
+            if redo[i]:
+                proj_col[i] = _exact_col(np.float64(xs[i]), np.float64(ys[i]), width)
+    else:
+        # row: floor((1 - (pitch - fov_down) / fov) * H), pitch = asin(z / r)
+        for i in range(n):
+            sn = np.float64(zs[i]) / np.float64(rng[i])
+            vr = (1.0 - (_asin_fast(sn) - fov_down) / fov) * height
+            fr = np.floor(vr)
+            dr = vr - fr
+            redo[i] = redo[i] | (dr < eps_row) | (dr > 1.0 - eps_row) | ~(abs(sn) <= _ASIN_MAX)
+            proj_row[i] = np.int32(min(max(fr, 0.0), height - 1.0))
+        for i in range(n):
+            if redo[i]:
+                proj_col[i] = _exact_col(np.float64(xs[i]), np.float64(ys[i]), width)
+                proj_row[i] = _exact_row(zs[i], rng[i], height, fov_up, fov_down)
 
     # A separate pass: the data-dependent branch of the winner test would
     # otherwise serialise the long-latency arithmetic of successive points.
