@@ -93,6 +93,8 @@ def train(cfg: Config, work_dir: str, resume: Optional[str] = None) -> Dict[str,
         model = convert_sync_batchnorm(model)
     criteria = build_criteria(cfg, train_sets, task)
     optimizer, scheduler = build_optimizer(cfg, model)
+    if distributed:  # identical weights everywhere, different dropout per rank
+        seed_everything(t.seed + 1000 * dist.rank())
     loaders = MultiLoader({
         n: InfiniteLoader(train_sets[n], cfg.data[n].batch_size, seed=t.seed * 1000 + i,
                           collate_fn=task.collate_fn(n, cfg.data[n].as_dict()),
@@ -219,6 +221,13 @@ def train(cfg: Config, work_dir: str, resume: Optional[str] = None) -> Dict[str,
                     os.remove(old)
         dist.barrier() if distributed and (last or done % t.checkpoint_every == 0) else None
 
+    if distributed:
+        same = dist.replicas_identical(model)
+        if main:
+            jlog.write({"step": t.iterations, "type": "ddp", "world_size": dist.world_size(),
+                        "replicas_identical": same})
+            if not same:
+                logger.error("DDP replicas hold different weights at the end of training")
     if bar is not None:
         bar.close()
     if main and results:
