@@ -32,8 +32,9 @@ def resize_image(image: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
     h, w = size
     if image.dtype == np.uint8:
         return np.asarray(Image.fromarray(image).resize((w, h), Image.BILINEAR))
-    chans = [np.asarray(Image.fromarray(image[..., c].astype(np.float32), mode="F").resize((w, h), Image.BILINEAR))
-             for c in range(image.shape[2])]
+    # float images (after jitter): resize channel by channel as 32-bit float ("F") images
+    chans = [np.asarray(Image.fromarray(np.ascontiguousarray(image[..., c], dtype=np.float32))
+                        .resize((w, h), Image.BILINEAR)) for c in range(image.shape[2])]
     return np.stack(chans, -1)
 
 
