@@ -145,3 +145,18 @@ def test_sparse_network_trains_on_the_same_core(data_root, tmp_path):
     res = train(cfg, str(tmp_path / "sparse"))
     assert set(res) == {"semantickitti", "nuscenes"}
     assert "points" in res["nuscenes"]["variants"]
+
+
+def test_show_from_config_and_index_with_prediction(trained, tmp_path):
+    from PIL import Image
+
+    from common.cli import main
+
+    cfg, ckpt, work = trained
+    png = tmp_path / "scan.png"
+    assert main(["show", str(work / "config.yaml"), "--index", "0", "--dataset", "nuscenes",
+                 "--checkpoint", ckpt, "--color", "error", "--png", str(png), "--backend", "numpy",
+                 "--width", "200", "--height", "150"]) == 0
+    img = np.asarray(Image.open(png))
+    assert img.shape[0] >= 150 and img.shape[1] >= 200 and img.max() > 0
+    assert main(["show", str(work / "config.yaml"), "--index", "999", "--png", str(png)]) == 2

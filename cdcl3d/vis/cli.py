@@ -1,6 +1,7 @@
 """``cdcl show``: look at a scan, its labels and a prediction.
 
     cdcl show SCAN [--labels L] [--pred P] [--color MODE] [--png OUT]
+    cdcl show CONFIG.yaml --index I [--dataset NAME] [--split S] [--checkpoint CKPT] [--png OUT]
                    [--width W --height H] [--camera bev|chase]
                    [--dataset semantickitti|nuscenes] [--range-png OUT] [--window]
 
@@ -222,7 +223,11 @@ def show_scan(points: np.ndarray, labels: Optional[np.ndarray] = None, preds: Op
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``cdcl show``."""
-    parser.add_argument("scan", help="SemanticKITTI .bin or nuScenes .pcd.bin")
+    parser.add_argument("scan", help="SemanticKITTI .bin, nuScenes .pcd.bin, or a dataset config (.yaml) "
+                        "with --index")
+    parser.add_argument("--index", type=int, default=0, help="with a config: the sample index")
+    parser.add_argument("--split", default=None, help="with a config: split (default: the dataset's val_split)")
+    parser.add_argument("--checkpoint", help="with a config: predict the scan with this checkpoint")
     parser.add_argument("--labels", help="label file (default for KITTI: ../labels/NNNNNN.label if present)")
     parser.add_argument("--pred", help="prediction file in the labels' format (KITTI: raw-id .label or a "
                         "folder of them; nuScenes: uint8 challenge ids 1..16)")
@@ -233,8 +238,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--height", type=int, default=600)
     parser.add_argument("--camera", choices=CAMERAS, default="bev")
     parser.add_argument("--point-size", type=float, default=2.0)
-    parser.add_argument("--dataset", choices=DATASETS, default=None,
-                        help="default: nuscenes for *.pcd.bin, else semantickitti")
+    parser.add_argument("--dataset", default=None,
+                        help="file mode: semantickitti|nuscenes (default: nuscenes for *.pcd.bin); "
+                        "config mode: the dataset name under data: (default: the first)")
     parser.add_argument("--range-png", help="also write the range-image picture here")
     parser.add_argument("--window", action="store_true", help="open a window even without $DISPLAY")
     parser.add_argument("--backend", choices=("subprocess", "open3d", "numpy"), default="subprocess",
@@ -251,7 +257,53 @@ def run(args: argparse.Namespace) -> int:
         return 2
 
 
+def _from_config(args: argparse.Namespace) -> int:
+    """``cdcl show CONFIG --index I [--dataset NAME] [--checkpoint CKPT]``."""
+    import torch
+
+    from common.build import build_dataset, get_task
+    from common.config import load_config
+    from common.dataset_specific import route
+
+    cfg = load_config(args.scan)
+    name = args.dataset or cfg.names[0]
+    if name not in cfg.data:
+        raise ValueError(f"{args.scan}: no dataset {name!r}; datasets: {cfg.names}")
+    task = get_task(cfg)
+    split = args.split or cfg.data[name].val_split
+    ds = build_dataset(cfg, name, split, False, task)
+    if not 0 <= args.index < len(ds):
+        raise ValueError(f"--index {args.index} outside 0..{len(ds) - 1} ({name}/{split})")
+    reader = getattr(ds, "base", ds)
+    raw = reader[args.index]
+    labels = raw.get("labels")
+    preds = None
+    if args.checkpoint:
+        from common.evaluation import eval_options, load_model_for_eval
+
+        model = load_model_for_eval(cfg, args.checkpoint, torch.device("cpu"))
+        batch = task.collate_fn(name, cfg.data[name].as_dict())([ds[args.index]])
+        knn = task._knn(ds, eval_options(cfg, name), torch.device("cpu"))
+        with torch.no_grad(), route(model, name):
+            plain, with_knn, _ = task.predict_points(model, batch, {}, knn)
+        preds = (with_knn or plain)[0].numpy()
+    dtype = cfg.data[name].type
+    scan = ScanData(points=raw["points"], labels=labels, preds=preds, name=str(raw.get("id", args.index)))
+    mode = args.color or scan.modes()[0]
+    png = args.png or f"{name}_{args.index}_{mode}.png"
+    show_scan(scan.points, labels, preds, dataset=dtype, mode=mode, png=png, width=args.width,
+              height=args.height, camera=args.camera, point_size=args.point_size,
+              range_png=args.range_png, backend=args.backend, title=f"{name} {scan.name}",
+              window=bool(args.window))
+    print(f"wrote {png}")
+    return 0
+
+
 def _run(args: argparse.Namespace) -> int:
+    if args.scan.endswith((".yaml", ".yml")):
+        return _from_config(args)
+    if args.dataset is not None and args.dataset not in DATASETS:
+        raise ValueError(f"--dataset must be one of {DATASETS} for a scan file")
     scan, dataset = load_scan_files(args.scan, args.labels, args.pred, args.dataset)
     window = bool(args.window or (has_display() and not args.png))
     if window:
