@@ -48,7 +48,7 @@ def run_demo(args) -> int:
     preset = ("CPU preset: SalsaNext width 0.25, range images 64x256 (KITTI-like) and 32x256 "
               f"(nuScenes-like), {iterations} iterations per dataset, batch 2, seeds {seeds}")
     print(f"[demo] {preset}")
-    overrides_common = [f"train.iterations={iterations}", "train.progress=false",
+    overrides_common = [f"train.iterations={iterations}", "train.progress=false", "train.tb_images=false",
                         f"data.semantickitti.root={data_root}/semantickitti",
                         f"data.nuscenes.root={data_root}/nuscenes"]
     scores: Dict[str, Dict[str, List[float]]] = {"semantickitti": {}, "nuscenes": {}}

@@ -293,25 +293,31 @@ class LidarTask(Task):
 
     # -- TensorBoard pictures --------------------------------------------------------
     def log_images(self, writer, model, val_sets, cfg, device, step):
-        from common.dataset_specific import route
+        """Each evaluation: the first validation scan of every dataset as range-image
+        bands (range, intensity, labels, prediction, error) and as a bird's-eye
+        render of ground truth beside prediction (Open3D in a child process)."""
         from common.checkpoint import unwrap
+        from common.dataset_specific import route
 
         from .vis.colors import train_palette
-        from .vis.tensorboard import add_range_images
+        from .vis.tensorboard import add_range_images, add_scan_render
 
-        m = unwrap(model).eval()
+        m = unwrap(model)
+        was = m.training
+        m.eval()
         for name, ds in val_sets.items():
             if not hasattr(ds, "projection"):
                 continue
             item = ds[0]
             batch = to_device(self.collate_fn(name, cfg.data[name].as_dict())([item]), device)
             with torch.no_grad(), route(m, name):
-                pred = self.forward(m, batch).argmax(1)[0].cpu().numpy()
+                plain, _, argmax = self.predict_points(m, batch, {})
             palette = train_palette(cfg.data[name].type)
-            add_range_images(writer, f"val/{name}", step, batch["proj_range"][0].cpu().numpy(),
-                             item["inputs"][4].numpy(), item["labels"].numpy(), pred, palette,
-                             max_images=1)
-        m.train()
+            add_range_images(writer, f"val/{name}/range_image", step, item["proj_range"],
+                             item["inputs"][4], item["labels"], argmax[0].cpu(), palette, max_images=1)
+            add_scan_render(writer, f"val/{name}/scan", step, ds.base[0]["points"],
+                            item["points_labels"], plain[0].cpu(), palette, ds.class_names)
+        m.train(was)
 
     # -- demo ------------------------------------------------------------------------
     def demo(self, args) -> int:

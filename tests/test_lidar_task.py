@@ -160,3 +160,15 @@ def test_show_from_config_and_index_with_prediction(trained, tmp_path):
     img = np.asarray(Image.open(png))
     assert img.shape[0] >= 150 and img.shape[1] >= 200 and img.max() > 0
     assert main(["show", str(work / "config.yaml"), "--index", "999", "--png", str(png)]) == 2
+
+
+def test_training_writes_tensorboard_images(trained):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg, ckpt, work = trained
+    acc = EventAccumulator(str(work / "tb"), size_guidance={"images": 0})
+    acc.Reload()
+    tags = acc.Tags()["images"]
+    for name in ("semantickitti", "nuscenes"):
+        assert any(t.startswith(f"val/{name}/range_image") for t in tags), tags
+        assert any(t.startswith(f"val/{name}/scan") for t in tags), tags
