@@ -98,8 +98,10 @@ def main() -> None:
     print(f"input 1x5x{h}x{w}, threads={torch.get_num_threads()}, "
           f"train iters={train_iters}, inference iters={infer_iters} (medians after warm-up)")
     print(f"  train: {statistics.median(t_train):.2f} s/it  -> {train_it_s:.3f} it/s")
-    print(f"  inference plain : {infer_ms:.0f} ms/scan")
-    print(f"  inference folded: {folded_ms:.0f} ms/scan   ({folded_note})")
+    print(f"  inference plain : {infer_ms:.0f} ms/scan   (min {min(t_inf['plain']) * 1000:.0f})")
+    if folded is not None:
+        print(f"  inference folded: {folded_ms:.0f} ms/scan   (min {min(t_inf['folded']) * 1000:.0f})")
+    print(f"  {folded_note}")
     if folded is not None and getattr(folded, "folded_bn", None) == 0:
         # SalsaNext puts every BN after a LeakyReLU (conv -> act -> bn), so no
         # BN can be folded into the preceding conv, and folding into the next
