@@ -318,7 +318,11 @@ def fold_bn(model: nn.Module) -> nn.Module:
     if any(True for _ in dataset_specific_modules(model)):
         raise ValueError("fold_bn needs a plain model: call collapse(model, name) first")
     model = copy.deepcopy(model).eval()
-    gm = fx.symbolic_trace(model)
+    try:
+        gm = fx.symbolic_trace(model)
+    except Exception:  # data-dependent control flow: nothing can be folded safely
+        model.folded_bn = 0  # type: ignore[attr-defined]
+        return model
     modules = dict(gm.named_modules())
     conv_types = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d,
                   nn.ConvTranspose3d)
