@@ -269,9 +269,10 @@ class RangeProjection:
     """
 
     def __init__(self, height: int, width: int, fov_up: float, fov_down: float,
-                 use_ring: bool = False, ring_flip: bool = False,
+                 use_ring: bool = False,
                  means: Sequence[float] = KITTI_SENSOR["means"],
-                 stds: Sequence[float] = KITTI_SENSOR["stds"]) -> None:
+                 stds: Sequence[float] = KITTI_SENSOR["stds"],
+                 ring_flip: bool = False) -> None:
         if height <= 0 or width <= 0:
             raise ValueError(f"range image size must be positive, got {height}x{width}")
         if not use_ring and fov_up <= fov_down:

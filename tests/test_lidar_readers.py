@@ -10,8 +10,9 @@ import pytest
 import torch
 import yaml
 
-from cdcl3d.datasets import (NuScenesLidarSeg, RangeImageDataset, SemanticKITTI,
-                             SemanticKittiLabelMap, collate_range, nuscenes_challenge_classes)
+from cdcl3d.datasets import (NuScenesLabelMap, NuScenesLidarSeg, RangeImageDataset, SemanticKITTI,
+                             SemanticKittiLabelMap, collate_range, nuscenes_challenge_classes,
+                             nuscenes_fine_to_train)
 from cdcl3d.datasets import nuscenes as nus_io
 from cdcl3d.datasets import semantickitti as kitti_io
 from cdcl3d.projection import KITTI_SENSOR, NUSCENES_SENSOR, RangeProjection
@@ -297,6 +298,12 @@ def test_nuscenes_round_trip(tmp_path):
                     assert got == _HAND_FINE_TO_TRAIN[name], name
             assert set(np.unique(item["labels"])) <= set(range(16)) | {255}
     assert [it["id"] for it in train] == ["sd_lidar_s0_0", "sd_lidar_s0_1"]
+    fine_to_train = nuscenes_fine_to_train(train.nusc)
+    fine = np.array([fine_names.index(n) for n in _HAND_FINE_TO_TRAIN], np.uint8)
+    assert fine_to_train(fine).tolist() == list(_HAND_FINE_TO_TRAIN.values())
+    assert NuScenesLabelMap.to_challenge(np.array([0, 15, 255])).tolist() == [1, 16, 0]
+    with pytest.raises(ValueError, match="32"):
+        fine_to_train(np.array([3, 32], np.uint8))
 
 
 def test_nuscenes_test_version_without_labels(tmp_path):

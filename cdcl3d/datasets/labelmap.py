@@ -166,6 +166,8 @@ class NuScenesLabelMap:
             raise ValueError(f"unknown nuScenes fine label id(s) {np.unique(f[out < 0]).tolist()[:10]}")
         return out
 
+    __call__ = to_train
+
     @staticmethod
     def to_challenge(train_ids: np.ndarray) -> np.ndarray:
         """Train ids 0..15 -> challenge ids 1..16 (uint8; ignore -> 0), the
@@ -178,5 +180,6 @@ class NuScenesLabelMap:
 
 
 def nuscenes_fine_to_train(nusc: Any) -> NuScenesLabelMap:
-    """The fine -> train id map of a loaded ``NuScenes`` (see :class:`NuScenesLabelMap`)."""
+    """The fine -> train id map of a loaded ``NuScenes``: a callable
+    ``f(fine uint8) -> int64 train ids`` (see :class:`NuScenesLabelMap`)."""
     return NuScenesLabelMap(nusc)
