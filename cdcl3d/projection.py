@@ -8,6 +8,8 @@ The formula is the one published with RangeNet++/SalsaNext::
     col   = floor(0.5 * (yaw / pi + 1) * W)                          clipped to [0, W-1]
     row   = floor((1 - (pitch - fov_down) / (fov_up - fov_down)) * H) clipped to [0, H-1]
 
+(the published code writes ``fov = |fov_down| + |fov_up|`` and
+``pitch + |fov_down|``: the same numbers whenever fov_down <= 0 <= fov_up),
 so row 0 is the top beam (``fov_up``) and column 0 is the rear (azimuth
 +-180 deg), the front (+x) in the middle. The angles are computed in float64
 from the float32 coordinates: float32 transcendental functions differ by an
@@ -21,7 +23,12 @@ decreasing index order, i.e. the lowest index wins. That is what this kernel
 does (one pass, strict ``<``). The published code uses numpy's default
 (unstable) argsort, whose tie order is unspecified.
 
-Ring mode (``use_ring=True``): the row is the ring index of column 4 (or
+The kernel evaluates the angles with branch-free polynomials and redoes
+with libm every point whose pixel the approximation could get wrong, so the
+pixels equal the formula's exactly (tested against a numpy implementation).
+
+Ring mode (``use_ring=True``): the row is the ring index of column 4,
+rounded (or
 ``height - 1 - ring`` with ``ring_flip=True``); the column still comes from
 the azimuth. nuScenes assumption (documented, not verifiable here): ring 0 is
 the *lowest* beam (-30.67 deg), as in the Velodyne ROS driver, hence
