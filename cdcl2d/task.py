@@ -32,7 +32,8 @@ from common.task import Batch, Task
 logger = logging.getLogger(__name__)
 
 GENERIC_DATA_KEYS = ("type", "root", "batch_size", "loss_weight", "train_split", "val_split",
-                     "num_workers", "on_bad_sample", "eval")
+                     "num_workers", "on_bad_sample", "eval",
+                     "num_classes")  # read by `cdcl info --no-data`; checked against the reader
 IMAGE_DATA_KEYS = ("crop", "scale", "flip", "jitter", "eval_size")
 DEFAULT_CROP = (512, 512)
 
@@ -100,7 +101,11 @@ class ImageTask(Task):
                 jitter=bool(cfg.get("jitter", True)))
         else:
             transform = build_eval_transform(_pair(cfg.get("eval_size"), f"data.{name}.eval_size"))
-        return READERS[kind](cfg["root"], split, transform=transform, dataset_name=name)
+        reader = READERS[kind]
+        if cfg.get("num_classes") is not None and int(cfg["num_classes"]) != len(reader.class_names):
+            raise ValueError(f"data.{name}.num_classes is {cfg['num_classes']} but {kind} has "
+                             f"{len(reader.class_names)} classes")
+        return reader(cfg["root"], split, transform=transform, dataset_name=name)
 
     def collate_fn(self, name: str, cfg: Dict[str, Any]) -> Optional[Callable]:
         return collate
