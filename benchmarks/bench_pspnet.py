@@ -8,13 +8,18 @@ dataset-aware blocks at training time.
 
     python benchmarks/bench_pspnet.py [--size 512] [--batch 2] [--steps 2] [--warmup 1]
 
+The two models alternate step by step, so background load affects both alike;
+the figure is the median step time.
+
 Ends with ``RESULT step_s_plain=.. step_s_dsbn=.. ratio=..``.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import time
+from typing import Dict, List, Optional
 
 import torch
 from torch import nn
@@ -24,27 +29,25 @@ from cdcl2d.models import build_pspnet
 from common.dataset_specific import convert_dataset_specific, convert_heads, route
 
 
-def step_time(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int, warmup: int,
-              route_name: str = None) -> list:
-    """Seconds per training step (after ``warmup`` untimed steps)."""
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
-    model.train()
-    times = []
-    for i in range(warmup + steps):
+class Stepper:
+    """One SGD training step of ``model`` (optionally routed to a dataset)."""
+
+    def __init__(self, model: nn.Module, route_name: Optional[str] = None) -> None:
+        self.model = model.train()
+        self.route_name = route_name
+        self.opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> float:
         t0 = time.perf_counter()
-        opt.zero_grad(set_to_none=True)
-        if route_name is None:
-            out = model(x)
-        else:
-            with route(model, route_name):
-                out = model(x)
-        loss = F.cross_entropy(out["out"], y, ignore_index=255) + 0.4 * F.cross_entropy(out["aux"], y,
-                                                                                       ignore_index=255)
+        self.opt.zero_grad(set_to_none=True)
+        ctx = route(self.model, self.route_name) if self.route_name else contextlib.nullcontext()
+        with ctx:
+            out = self.model(x)
+        loss = F.cross_entropy(out["out"], y, ignore_index=255) \
+            + 0.4 * F.cross_entropy(out["aux"], y, ignore_index=255)
         loss.backward()
-        opt.step()
-        if i >= warmup:
-            times.append(time.perf_counter() - t0)
-    return times
+        self.opt.step()
+        return time.perf_counter() - t0
 
 
 def main() -> None:
@@ -62,15 +65,22 @@ def main() -> None:
     y = torch.randint(0, 19, (args.batch, args.size, args.size))
 
     plain = build_pspnet(19, backbone="resnet18")
-    n_plain = sum(p.numel() for p in plain.parameters())
-    t_plain = step_time(plain, x, y, args.steps, args.warmup)
-
     torch.manual_seed(0)
     dsbn = build_pspnet(19, backbone="resnet18")
     convert_dataset_specific(dsbn, ["cityscapes", "bdd100k"])
     convert_heads(dsbn, {"cityscapes": 19, "bdd100k": 19})
+    n_plain = sum(p.numel() for p in plain.parameters())
     n_dsbn = sum(p.numel() for p in dsbn.parameters())
-    t_dsbn = step_time(dsbn, x, y, args.steps, args.warmup, route_name="cityscapes")
+    steppers = {"plain": Stepper(plain), "dsbn": Stepper(dsbn, "cityscapes")}
+    times: Dict[str, List[float]] = {"plain": [], "dsbn": []}
+    # Alternate the two models step by step so that load from other processes
+    # hits both alike.
+    for i in range(args.warmup + args.steps):
+        for name, stepper in steppers.items():
+            t = stepper(x, y)
+            if i >= args.warmup:
+                times[name].append(t)
+    t_plain, t_dsbn = times["plain"], times["dsbn"]
 
     sp, sd = statistics.median(t_plain), statistics.median(t_dsbn)
     print(f"PSPNet-R18, batch {args.batch} x 3 x {args.size} x {args.size}, CPU, "
