@@ -42,7 +42,7 @@ def run_demo(args) -> int:
     os.makedirs(out, exist_ok=True)
     seeds: List[int] = list(args.seeds) if args.seeds else [0, 1, 2]
     quick = bool(getattr(args, "quick", False))
-    iterations = 30 if quick else 200
+    iterations = 30 if quick else 150
     data_root = os.path.abspath(os.path.join("data", "synth", "lidar"))
     _ensure_data(data_root, scans=24 if quick else 60)
     preset = ("CPU preset: SalsaNext width 0.25, range images 64x256 (KITTI-like) and 32x256 "

@@ -48,7 +48,7 @@ def cmd_eval(args) -> int:
     from .evaluation import evaluate_checkpoint
 
     cfg = _load(args)
-    evaluate_checkpoint(cfg, args.checkpoint, out=args.out, split=args.split)
+    evaluate_checkpoint(cfg, args.checkpoint, out=args.out, split=args.split, only=args.dataset)
     if args.out:
         print(f"wrote {args.out}")
     return 0
@@ -187,6 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--out", help="write the numbers as JSON here")
     p.add_argument("--split", help="split to evaluate (default each dataset's val_split)")
+    p.add_argument("--dataset", action="append", help="evaluate only this dataset (repeatable)")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("info", help="parameters, FLOPs and dataset-specific modules per dataset")

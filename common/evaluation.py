@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 import torch
 from torch import nn
@@ -41,7 +41,7 @@ def eval_options(cfg: Config, name: str) -> Dict[str, Any]:
 @torch.no_grad()
 def evaluate_model(cfg: Config, model: nn.Module, device: torch.device,
                    datasets: Optional[Dict[str, Any]] = None, task: Optional[Task] = None,
-                   split: Optional[str] = None) -> Dict[str, Dict[str, Any]]:
+                   split: Optional[str] = None, only: Optional[List[str]] = None) -> Dict[str, Dict[str, Any]]:
     """Evaluate every dataset of ``cfg`` on its validation split.
 
     Returns ``{dataset: {"miou", "acc", "fwiou", "iou": {class: iou},
@@ -54,6 +54,8 @@ def evaluate_model(cfg: Config, model: nn.Module, device: torch.device,
     model.eval()
     results: Dict[str, Dict[str, Any]] = {}
     for name in cfg.names:
+        if only and name not in only:
+            continue
         ds = (datasets or {}).get(name)
         if ds is None:
             ds = build_dataset(cfg, name, split or cfg.data[name].val_split, False, task)
@@ -107,14 +109,18 @@ def load_model_for_eval(cfg: Config, checkpoint: str, device: torch.device,
 
 def evaluate_checkpoint(cfg: Config, checkpoint: str, out: Optional[str] = None,
                         device: Optional[torch.device] = None, split: Optional[str] = None,
-                        verbose: bool = True) -> Dict[str, Any]:
+                        verbose: bool = True, only: Optional[List[str]] = None) -> Dict[str, Any]:
     """``cdcl eval``: tables on the console and (optionally) a JSON file."""
     from .dist import select_device
 
     device = device or select_device(cfg.train.device)
     task = get_task(cfg)
     model = load_model_for_eval(cfg, checkpoint, device, task)
-    results = evaluate_model(cfg, model, device, task=task, split=split)
+    if only:
+        unknown = [n for n in only if n not in cfg.data]
+        if unknown:
+            raise KeyError(f"unknown dataset(s) {unknown}; the config has {cfg.names}")
+    results = evaluate_model(cfg, model, device, task=task, split=split, only=only)
     if verbose:
         for r in results.values():
             print(r["tables"], end="\n\n")

@@ -185,3 +185,32 @@ def test_every_strategy_trains(tmp_path, strategy, mode):
         cfg.strategy.label_map = {"b": {0: 1, 1: 2, 2: 3}}
     res = train(cfg, str(tmp_path / strategy))
     assert all(0 <= r["miou"] <= 1 for r in res.values())
+
+
+def test_precise_bn_recomputes_only_the_chosen_branch(tmp_path):
+    import yaml
+
+    from common.cli import main
+    from common.dataset_specific import collapse
+    from common.evaluation import load_model_for_eval
+
+    cfg = toy_cfg(tmp_path, iterations=2)
+    train(cfg, str(tmp_path / "run"))
+    cfg_path = tmp_path / "run" / "config.yaml"
+    ckpt = tmp_path / "run/checkpoints/latest.pth"
+    out = tmp_path / "pbn.pth"
+    # statistics of dataset a's data, written into branch b (zero-shot style)
+    assert main(["precise-bn", str(cfg_path), "--checkpoint", str(ckpt), "--dataset", "a",
+                 "--branch", "b", "--batches", "100", "--out", str(out)]) == 0
+    before = load_checkpoint(str(ckpt))["model"]
+    after = load_checkpoint(str(out))["model"]
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(".branches.b." in k for k in changed)
+    # bn1's new running mean is the mean of conv1's output over all of a's samples
+    model = load_model_for_eval(cfg, str(ckpt), torch.device("cpu"))
+    from common.build import build_dataset
+    ds = build_dataset(cfg, "a", "train", False)
+    x = torch.stack([ds[i]["inputs"] for i in range(len(ds))])
+    with torch.no_grad():
+        feats = collapse(model, "b").conv1(x)
+    assert torch.allclose(after["bn1.branches.b.running_mean"], feats.mean((0, 2, 3)), atol=1e-4)
