@@ -145,6 +145,18 @@ def test_sparse_network_trains_on_the_same_core(data_root, tmp_path):
     res = train(cfg, str(tmp_path / "sparse"))
     assert set(res) == {"semantickitti", "nuscenes"}
     assert "points" in res["nuscenes"]["variants"]
+    # eval and predict work for it unchanged
+    from common.cli import main
+    work = tmp_path / "sparse"
+    ckpt = str(work / "checkpoints" / "latest.pth")
+    assert main(["eval", str(work / "config.yaml"), "--checkpoint", ckpt, "--dataset", "nuscenes"]) == 0
+    out = tmp_path / "pred"
+    assert main(["predict", str(work / "config.yaml"), "--checkpoint", ckpt, "--dataset", "semantickitti",
+                 "--split", "val", "--out", str(out)]) == 0
+    files = list((out / "sequences" / "08" / "predictions").glob("*.label"))
+    scans = list((data_root / "semantickitti/sequences/08/velodyne").glob("*.bin"))
+    assert files and len(files) == len(scans)
+    assert all(f.stat().st_size == s.stat().st_size // 4 for f, s in zip(sorted(files), sorted(scans)))
 
 
 def test_show_from_config_and_index_with_prediction(trained, tmp_path):
