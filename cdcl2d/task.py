@@ -107,6 +107,11 @@ class ImageTask(Task):
                              f"{len(reader.class_names)} classes")
         return reader(cfg["root"], split, transform=transform, dataset_name=name)
 
+    def num_classes(self, name, cfg):
+        from .datasets import READERS
+        reader = READERS.get(cfg.get("type"))
+        return len(reader.class_names) if reader is not None and reader.class_names else None
+
     def collate_fn(self, name: str, cfg: Dict[str, Any]) -> Optional[Callable]:
         return collate
 

@@ -131,6 +131,9 @@ class LidarTask(Task):
         from .projection import RangeProjection
         return RangeImageDataset(base, RangeProjection(**sensor_of(cfg)), augment=augment)
 
+    def num_classes(self, name, cfg):
+        return {"semantickitti": 19, "nuscenes": 16}.get(cfg.get("type"))
+
     def collate_fn(self, name, cfg):
         if cfg.get("representation", "range") == "voxel":
             from .voxel import collate_sparse

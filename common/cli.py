@@ -65,14 +65,14 @@ def cmd_info(args) -> int:
 
     cfg = _load(args)
     task = get_task(cfg)
-    if args.no_data:
-        num_classes = {n: int(cfg.data[n].params.get("num_classes", 0) or 0) for n in cfg.names}
-        if not all(num_classes.values()):
-            print("--no-data needs data.<name>.num_classes in the config", file=sys.stderr)
+    num_classes = {}
+    for n in cfg.names:  # from the dataset type when known: no dataset files needed
+        k = cfg.data[n].params.get("num_classes") or task.num_classes(n, cfg.data[n].as_dict())
+        if not k and args.no_data:
+            print(f"--no-data needs data.{n}.num_classes in the config", file=sys.stderr)
             return 2
-    else:
-        num_classes = {n: num_classes_of(build_dataset(cfg, n, cfg.data[n].val_split, False, task))
-                       for n in cfg.names}
+        num_classes[n] = int(k) if k else num_classes_of(
+            build_dataset(cfg, n, cfg.data[n].val_split, False, task))
     model = build_model(cfg, num_classes, task).eval()
     total = count_parameters(model)
     print(f"task {cfg.task}, model {cfg.model.get('name')}, strategy {cfg.strategy.name}, "

@@ -52,6 +52,10 @@ class Task:
         """Dataset ``name`` (its config entry ``cfg`` = ``data.<name>``)."""
         raise NotImplementedError
 
+    def num_classes(self, name: str, cfg: Dict[str, Any]) -> Optional[int]:
+        """Class count known from the dataset type alone (no files read), or None."""
+        return None
+
     def collate_fn(self, name: str, cfg: Dict[str, Any]) -> Optional[Callable]:
         """Collate function for ``name``'s DataLoader (None: torch default)."""
         return None
