@@ -214,3 +214,10 @@ def test_precise_bn_recomputes_only_the_chosen_branch(tmp_path):
     with torch.no_grad():
         feats = collapse(model, "b").conv1(x)
     assert torch.allclose(after["bn1.branches.b.running_mean"], feats.mean((0, 2, 3)), atol=1e-4)
+
+
+def test_bf16_autocast_and_gradient_clipping(tmp_path):
+    res = train(toy_cfg(tmp_path, iterations=2, amp="bf16", clip_grad=0.5), str(tmp_path / "bf16"))
+    recs = [json.loads(l) for l in open(tmp_path / "bf16/log.jsonl") if '"train"' in l]
+    assert all(r["loss/a"] == r["loss/a"] and r["loss/b"] == r["loss/b"] for r in recs)
+    assert set(res) == {"a", "b"}
