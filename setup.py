@@ -25,9 +25,10 @@ setup(
         "nuscenes": ["nuscenes-devkit"],
         "vis": ["open3d"],
         "sparse": ["spconv-cu120"],
-        "onnx": ["onnx"],
+        "onnx": ["onnx", "onnxruntime"],
+        "cityscapes": ["cityscapesScripts"],
         "test": ["pytest"],
-        "all": ["nuscenes-devkit", "open3d", "spconv-cu120", "onnx", "pytest"],
+        "all": ["nuscenes-devkit", "open3d", "spconv-cu120", "onnx", "onnxruntime", "cityscapesScripts", "pytest"],
     },
     entry_points={
         "console_scripts": ["cdcl = common.cli:main"],

@@ -15,6 +15,6 @@ if command -v apt-get >/dev/null; then
 fi
 python3 -m pip install -q --disable-pip-version-check "torch==2.13.0"
 python3 -m pip install -q --disable-pip-version-check "torch==2.13.0" "numpy<2" numba pyyaml tqdm \
-  tensorboard pillow nuscenes-devkit open3d spconv-cu120 onnx onnxruntime pytest
+  tensorboard pillow nuscenes-devkit open3d spconv-cu120 onnx onnxruntime cityscapesScripts pytest
 python3 -m pip install -q --disable-pip-version-check --no-deps -e .
 python3 -c "import torch, numpy; assert torch.__version__.startswith('2.13.0'), torch.__version__; print('torch', torch.__version__, 'numpy', numpy.__version__)"

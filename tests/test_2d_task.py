@@ -125,6 +125,35 @@ def test_cityscapes_predict_writes_label_ids(root, tmp_path):
         assert pred[0, 0] == 7 and pred[0, 13] == 26  # road, car
 
 
+def test_cityscapes_predictions_are_scored_by_cityscapesscripts(root, tmp_path):
+    """The official evaluator reads our files and agrees with our own mIoU."""
+    ev = pytest.importorskip("cityscapesscripts.evaluation.evalPixelLevelSemanticLabeling")
+    from common.metrics import ConfusionMatrix
+
+    task = ImageTask()
+    ds = task.build_dataset("cityscapes", _data_cfg(root, "cityscapes"), "val", False)
+    loader = torch.utils.data.DataLoader(ds, batch_size=1, collate_fn=collate)
+    out = str(tmp_path / "pred")
+    task.predict(ColumnModel(19), loader, "cityscapes", ds, torch.device("cpu"), out, {"split": "val"})
+    ours = task.evaluate(ColumnModel(19), loader, "cityscapes", ds, torch.device("cpu"), {})["dense"]
+    args = ev.args
+    args.quiet, args.JSONOutput, args.evalInstLevelScore = True, False, False
+    args.exportFile = str(tmp_path / "eval.json")
+    args.predictionPath, args.predictionWalk = out, None
+    gts = sorted(s[1] for s in ds.samples)
+    preds = [ev.getPrediction(args, g) for g in gts]
+    results = ev.evaluateImgLists(preds, gts, args)
+    official = results["classScores"]
+    compared = 0
+    for name, iou in zip(ds.class_names, ours.iou().tolist()):
+        if np.isnan(official[name]):
+            assert np.isnan(iou)
+        else:
+            assert abs(official[name] - iou) < 1e-6, name
+            compared += 1
+    assert compared >= 5
+
+
 def test_camvid_predict_writes_train_ids(root, tmp_path):
     task = ImageTask()
     ds = task.build_dataset("camvid", _data_cfg(root, "camvid"), "val", False)
