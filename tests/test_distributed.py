@@ -20,7 +20,7 @@ data:
   a: {type: toy, batch_size: BS, size: 8, height: 16, width: 16}
   b: {type: toy, batch_size: BS, size: 8, height: 16, width: 16, style: 1.0, num_classes: 3}
 strategy: {name: cdcl, sync_bn: true}
-train: {iterations: 3, lr: 0.05, progress: false, checkpoint_every: 100, log_every: 1, threads: 1,
+train: {iterations: 3, lr: 0.05, progress: false, checkpoint_every: 2, log_every: 1, threads: 1,
         weight_decay: 0.0, eval_every: 0}
 eval: {max_samples: 2}
 """
@@ -65,3 +65,11 @@ def test_torchrun_two_processes_equal_single_process_global_batch(tmp_path):
         assert torch.allclose(a[k].double(), b[k].double(), atol=1e-5), k
     # each dataset's statistics were synchronised separately: branches differ
     assert not torch.allclose(a["bn1.branches.a.running_mean"], a["bn1.branches.b.running_mean"])
+    # --resume under torchrun: continuing from step 2 reaches the same weights
+    cmd = cmd[:-2] + ["--work-dir", str(tmp_path / "resumed"), "--resume",
+                      str(tmp_path / "ddp/checkpoints/iter_000002.pth")]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    c = torch.load(tmp_path / "resumed/checkpoints/latest.pth", weights_only=True)["model"]
+    for k in a:
+        assert torch.equal(a[k], c[k]), k
