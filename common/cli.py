@@ -221,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_precise_bn)
 
     p = sub.add_parser("demo", help="generate data, train baselines and CDCL, print the table")
-    p.add_argument("--task", default="3d", help="3d (LiDAR, default), 2d (images) or toy")
+    p.add_argument("--task", default="3d", help="3d (LiDAR, default) or 2d (images)")
     p.add_argument("--out", default="demo_out")
     p.add_argument("--seeds", type=int, nargs="+", default=None)
     p.add_argument("--quick", action="store_true", help="a much shorter run (smoke test)")
