@@ -254,8 +254,10 @@ class LidarTask(Task):
             cms["points_knn"] = new()
         cms["points"] = new()
         cms["range_image"] = new()
+        voxel = False
         for batch in loader:
             batch = to_device(batch, device)
+            voxel = "voxel_feats" in batch
             plain, knn, argmax = self.predict_points(model, batch, cfg, knn_module)
             labels = _point_labels(batch)
             for i, pred in enumerate(plain):
@@ -264,7 +266,7 @@ class LidarTask(Task):
                     cms["points_knn"].update(knn[i], labels[i])
             if argmax is not None:
                 cms["range_image"].update(argmax, batch["labels"])
-        if "voxel_feats" in (batch or {}):
+        if voxel:
             cms.pop("range_image")
         return cms
 
