@@ -237,7 +237,8 @@ class LidarTask(Task):
         return plain, (knn if knn_module is not None else None), argmax
 
     def _knn(self, dataset, opts, device):
-        if not opts.get("knn", True):
+        # KNN votes in the range image: only for the range-image representation
+        if not opts.get("knn", True) or not hasattr(dataset, "projection"):
             return None
         from .knn import KNNPostProcess
         return KNNPostProcess(len(dataset.class_names), search=int(opts.get("knn_search", 5)),
