@@ -1,5 +1,5 @@
-"""``cdcl demo --task 2d``: generated street scenes, a single-dataset
-Cityscapes baseline and CDCL on Cityscapes + BDD100K + CamVid, one table.
+"""``cdcl demo --task 2d``: generated street scenes, single-dataset baselines
+and CDCL on Cityscapes + BDD100K + CamVid, one table.
 
 The configs are the ones in ``configs/2d/synth_*.yaml`` (kept in sync with
 :func:`demo_config`, which builds the same thing in code so the demo also
@@ -59,7 +59,8 @@ def run_demo(args: argparse.Namespace) -> int:
 
     rows: Dict[str, Dict[str, List[float]]] = {n: {"single": [], "cdcl": []} for n in DEMO_DATASETS}
     for seed in seeds:
-        runs = [("single", ["cityscapes"]), ("cdcl", list(DEMO_DATASETS))]
+        # a single-dataset baseline per dataset, same iterations and seed as CDCL
+        runs = [("single", [n]) for n in DEMO_DATASETS] + [("cdcl", list(DEMO_DATASETS))]
         for strategy, names in runs:
             cfg = demo_config(strategy, names, data_root, iterations, seed)
             work_dir = os.path.join(out, "2d", f"{strategy}_seed{seed}")
