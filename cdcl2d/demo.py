@@ -63,7 +63,8 @@ def run_demo(args: argparse.Namespace) -> int:
         runs = [("single", [n]) for n in DEMO_DATASETS] + [("cdcl", list(DEMO_DATASETS))]
         for strategy, names in runs:
             cfg = demo_config(strategy, names, data_root, iterations, seed)
-            work_dir = os.path.join(out, "2d", f"{strategy}_seed{seed}")
+            tag = names[0] if strategy == "single" else "joint"
+            work_dir = os.path.join(out, "2d", f"{strategy}_{tag}_seed{seed}")
             print(f"== training {strategy} on {', '.join(names)} (seed {seed}, {iterations} iterations)"
                   f" -> {work_dir}", flush=True)
             results = train(cfg, work_dir)
