@@ -347,7 +347,7 @@ def test_nuscenes_bad_files(tmp_path, caplog):
         skip = NuScenesLidarSeg(root, version="v1.0-mini", split="train", on_bad_sample="skip",
                                 nusc=ds.nusc)
         assert len(skip) == 1  # the label count is caught at construction
-        with pytest.raises(RuntimeError, match="no readable sample"):
+        with pytest.raises(RuntimeError, match="no readable scan"):
             skip[0]  # the NaN scan is the only one left
     assert tok_bad_labels in caplog.text and "NaN" in caplog.text
 

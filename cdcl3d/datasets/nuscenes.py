@@ -25,6 +25,7 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 import torch
 
+from .base import ScanReader
 from .labelmap import IGNORE_INDEX, NuScenesLabelMap, nuscenes_challenge_classes
 
 logger = logging.getLogger(__name__)
@@ -59,13 +60,15 @@ def _split_name(version: str, split: str) -> str:
     return split
 
 
-class NuScenesLidarSeg(torch.utils.data.Dataset):
+class NuScenesLidarSeg(ScanReader):
     """nuScenes LIDAR_TOP keyframes with challenge labels (0..15, ignore 255).
 
     Item: ``dict(points=(N, 5) float32, labels=(N,) int64 or None, dataset,
     id=<sample_data token>, token, path)``. Pass an already loaded ``nusc``
     to share one database between splits.
     """
+
+    kind = "nuScenes"
 
     num_classes = 16
     ignore_index = IGNORE_INDEX
@@ -159,9 +162,6 @@ class NuScenesLidarSeg(torch.utils.data.Dataset):
         state["nusc"] = None
         return state
 
-    def __len__(self) -> int:
-        return len(self.samples)
-
     def load(self, index: int) -> Dict[str, Any]:
         """Read sample ``index`` (raises on bad data whatever ``on_bad_sample`` says)."""
         s = self.samples[index]
@@ -176,13 +176,3 @@ class NuScenesLidarSeg(torch.utils.data.Dataset):
         return {"points": points, "labels": labels, "dataset": self.name,
                 "id": s["token"], "token": s["token"], "path": s["points"]}
 
-    def __getitem__(self, index: int) -> Dict[str, Any]:
-        if self.on_bad_sample == "raise":
-            return self.load(index)
-        n = len(self.samples)
-        for k in range(n):
-            try:
-                return self.load((index + k) % n)
-            except (ValueError, OSError) as exc:
-                logger.warning("skipping bad nuScenes sample: %s", exc)
-        raise RuntimeError(f"no readable sample left in nuScenes {self.name} ({self.root})")

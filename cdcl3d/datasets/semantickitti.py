@@ -21,6 +21,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
+from .base import ScanReader
 from .labelmap import IGNORE_INDEX, SemanticKittiLabelMap
 
 logger = logging.getLogger(__name__)
@@ -57,12 +58,14 @@ def read_labels(path: str, num_points: int) -> np.ndarray:
     return labels
 
 
-class SemanticKITTI(torch.utils.data.Dataset):
+class SemanticKITTI(ScanReader):
     """SemanticKITTI scans with training labels (0..18, ignore 255).
 
     Item: ``dict(points=(N, 4) float32, labels=(N,) int64 or None, dataset,
     id='08/000123', sequence, frame, path)``.
     """
+
+    kind = "SemanticKITTI"
 
     num_classes = 19
     ignore_index = IGNORE_INDEX
@@ -119,9 +122,6 @@ class SemanticKITTI(torch.utils.data.Dataset):
                 return False
         return True
 
-    def __len__(self) -> int:
-        return len(self.samples)
-
     def load(self, index: int) -> Dict[str, Any]:
         """Read scan ``index`` (raises on bad data whatever ``on_bad_sample`` says)."""
         s = self.samples[index]
@@ -137,13 +137,3 @@ class SemanticKITTI(torch.utils.data.Dataset):
                 "id": f"{s['sequence']}/{s['frame']}", "sequence": s["sequence"],
                 "frame": s["frame"], "path": s["points"]}
 
-    def __getitem__(self, index: int) -> Dict[str, Any]:
-        if self.on_bad_sample == "raise":
-            return self.load(index)
-        n = len(self.samples)
-        for k in range(n):
-            try:
-                return self.load((index + k) % n)
-            except (ValueError, OSError) as exc:
-                logger.warning("skipping bad SemanticKITTI scan: %s", exc)
-        raise RuntimeError(f"no readable scan left in SemanticKITTI {self.name} ({self.root})")
