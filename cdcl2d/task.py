@@ -26,14 +26,12 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from common.config import DATA_KEYS
 from common.metrics import ConfusionMatrix
 from common.task import Batch, Task
 
 logger = logging.getLogger(__name__)
 
-GENERIC_DATA_KEYS = ("type", "root", "batch_size", "loss_weight", "train_split", "val_split",
-                     "num_workers", "on_bad_sample", "eval",
-                     "num_classes")  # read by `cdcl info --no-data`; checked against the reader
 IMAGE_DATA_KEYS = ("crop", "scale", "flip", "jitter", "eval_size")
 DEFAULT_CROP = (512, 512)
 
@@ -88,7 +86,7 @@ class ImageTask(Task):
         kind = cfg.get("type")
         if kind not in READERS:
             raise ValueError(f"data.{name}.type is {kind!r}; valid image dataset types: {', '.join(READERS)}")
-        unknown = sorted(set(cfg) - set(GENERIC_DATA_KEYS) - set(IMAGE_DATA_KEYS))
+        unknown = sorted(set(cfg) - set(DATA_KEYS) - set(IMAGE_DATA_KEYS))
         if unknown:
             raise ValueError(f"unknown key(s) {unknown} in data.{name}; image-specific keys: "
                              f"{', '.join(IMAGE_DATA_KEYS)}")

@@ -30,16 +30,15 @@ import numpy as np
 import torch
 from torch import nn
 
+from common.config import DATA_KEYS
 from common.metrics import ConfusionMatrix
 from common.task import Task
 from common.utils import to_device
 
 logger = logging.getLogger(__name__)
 
-_GENERIC = {"type", "root", "batch_size", "loss_weight", "train_split", "val_split", "num_workers",
-            "on_bad_sample", "eval"}
 _LIDAR_KEYS = {"version", "sequences", "sensor", "augment", "class_weights", "representation",
-               "voxel_size", "intensity_scale", "lovasz_weight", "num_classes"}
+               "voxel_size", "intensity_scale", "lovasz_weight"}
 DATASET_TYPES = ("semantickitti", "nuscenes")
 
 
@@ -47,9 +46,9 @@ def _check_keys(name: str, cfg: Dict[str, Any]) -> None:
     from common.config import ConfigError
 
     for k in cfg:
-        if k not in _GENERIC and k not in _LIDAR_KEYS:
+        if k not in DATA_KEYS and k not in _LIDAR_KEYS:
             raise ConfigError(f"unknown key 'data.{name}.{k}'; valid keys: "
-                              f"{', '.join(sorted(_GENERIC | _LIDAR_KEYS))}")
+                              f"{', '.join(sorted(set(DATA_KEYS) | _LIDAR_KEYS))}")
     if cfg.get("type") not in DATASET_TYPES:
         raise ConfigError(f"'data.{name}.type' must be one of {DATASET_TYPES}, got {cfg.get('type')!r}")
 
@@ -194,8 +193,8 @@ class LidarTask(Task):
 
         def count() -> np.ndarray:
             logger.info("counting class frequencies of %s (%d scans) once; cache %s", name, len(reader), cache)
-            return compute_label_frequencies(
-                (reader[i]["labels"] for i in range(len(reader)) if reader[i]["labels"] is not None), k)
+            labels = (reader[i]["labels"] for i in range(len(reader)))  # each scan read once
+            return compute_label_frequencies((x for x in labels if x is not None), k)
         return np.asarray(cached_frequencies(cache, count))
 
     def build_criterion(self, name, cfg, dataset, model_cfg):
@@ -205,12 +204,11 @@ class LidarTask(Task):
         weights = class_weights_from_frequencies(freq) if freq is not None else None
         loss = LidarSegLoss(weights, ignore_index=dataset.ignore_index,
                             lovasz_weight=float(cfg.get("lovasz_weight", 1.0)))
-        voxel = cfg.get("representation", "range") == "voxel"
 
         def criterion(output, batch):
-            loss.to(output.device)
-            if voxel:  # per-point logits (N, K) vs (N,)
-                return loss(output, batch["labels"])
+            # dense (B, K, H, W) vs (B, H, W), or per-point (N, K) vs (N,) for voxels
+            if loss.class_weights is not None and loss.class_weights.device != output.device:
+                loss.to(output.device)  # once, on the first batch
             return loss(output, batch["labels"])
 
         return criterion

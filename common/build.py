@@ -62,9 +62,8 @@ def build_model(cfg: Config, num_classes: Dict[str, int], task: Optional[Task] =
     first = names[0]
     model = task.build_model(dict(cfg.model), num_classes[first], None)
     heads = list(getattr(model, "heads", []))
-    if strategy == "label_remap":
-        pass  # one network, one head, every dataset in A's label space
-    elif strategy in ("single", "cdcl", "conv_not_shared"):
+    # label_remap: one plain network and one head, every dataset in A's label space
+    if strategy in ("single", "cdcl", "conv_not_shared"):
         convert_dataset_specific(model, names, BATCHNORM_TYPES)
         if strategy == "conv_not_shared":
             head_set = set(heads)
@@ -74,7 +73,7 @@ def build_model(cfg: Config, num_classes: Dict[str, int], task: Optional[Task] =
         convert_heads(model, {n: num_classes[n] for n in names}, heads)
     elif strategy in ("shared_bn", "finetune"):
         convert_heads(model, {n: num_classes[n] for n in names}, heads)
-    else:
+    elif strategy != "label_remap":
         raise ConfigError(f"{cfg.source}: unknown strategy {strategy!r}")
     return model
 

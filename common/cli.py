@@ -67,7 +67,7 @@ def cmd_info(args) -> int:
     task = get_task(cfg)
     num_classes = {}
     for n in cfg.names:  # from the dataset type when known: no dataset files needed
-        k = cfg.data[n].params.get("num_classes") or task.num_classes(n, cfg.data[n].as_dict())
+        k = cfg.data[n].num_classes or task.num_classes(n, cfg.data[n].as_dict())
         if not k and args.no_data:
             print(f"--no-data needs data.{n}.num_classes in the config", file=sys.stderr)
             return 2

@@ -44,6 +44,8 @@ class DataConfig:
     val_split: str = "val"
     num_workers: int = 0
     on_bad_sample: str = "raise"  # raise | skip
+    num_classes: Optional[int] = None  # known class count (`cdcl info` without data; checked by readers)
+    eval: Dict[str, Any] = field(default_factory=dict)  # this dataset's overrides of eval.options
     params: Dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> Dict[str, Any]:
@@ -51,6 +53,10 @@ class DataConfig:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "params"}
         d.update(self.params)
         return d
+
+
+#: keys every ``data.<name>`` entry may hold; the rest are the task's own
+DATA_KEYS = tuple(f.name for f in dataclasses.fields(DataConfig) if f.name != "params")
 
 
 @dataclass

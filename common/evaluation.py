@@ -32,10 +32,8 @@ def build_eval_loader(cfg: Config, name: str, dataset, task: Task) -> DataLoader
 
 
 def eval_options(cfg: Config, name: str) -> Dict[str, Any]:
-    """Task evaluation options: ``eval.options`` then ``data.<name>`` overrides."""
-    opts = dict(cfg.eval.options)
-    opts.update(cfg.data[name].params.get("eval", {}) if isinstance(cfg.data[name].params.get("eval"), dict) else {})
-    return opts
+    """Task evaluation options: ``eval.options`` then ``data.<name>.eval`` overrides."""
+    return {**cfg.eval.options, **cfg.data[name].eval}
 
 
 @torch.no_grad()

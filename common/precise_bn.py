@@ -6,6 +6,7 @@ run the chosen dataset branch over the new data in train mode with momentum
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Callable, Iterable, Optional
 
 import torch
@@ -31,7 +32,7 @@ def update_bn_stats(model: nn.Module, loader: Iterable, forward: Callable[[nn.Mo
     for m in bns:
         m.train()
     used = 0
-    ctx = route(model, branch) if branch else _null()
+    ctx = route(model, branch) if branch else contextlib.nullcontext()
     try:
         with ctx:
             for batch in loader:
@@ -45,14 +46,6 @@ def update_bn_stats(model: nn.Module, loader: Iterable, forward: Callable[[nn.Mo
             m.train(tr)
     model.eval()
     return used
-
-
-class _null:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *a):
-        return False
 
 
 def precise_bn_from_args(args) -> int:

@@ -61,30 +61,26 @@ class GroupBatchNorm(nn.modules.batchnorm._BatchNorm):
         return y
 
 
-def _convert(module: nn.Module, use_torch: bool) -> nn.Module:
+def _convert(module: nn.Module) -> nn.Module:
     out = module
     if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(
             module, (GroupBatchNorm, nn.SyncBatchNorm)):
-        cls = nn.SyncBatchNorm if use_torch else GroupBatchNorm
-        out = cls(module.num_features, module.eps, module.momentum, module.affine,
-                  module.track_running_stats)
-        if module.affine:
-            with torch.no_grad():
-                out.weight.copy_(module.weight)
-                out.bias.copy_(module.bias)
-        if module.track_running_stats:
-            out.running_mean.copy_(module.running_mean)
-            out.running_var.copy_(module.running_var)
-            out.num_batches_tracked.copy_(module.num_batches_tracked)
+        out = GroupBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
+                             module.track_running_stats)
+        out.load_state_dict(module.state_dict())  # weights and running statistics
+        ref = next(iter(module.state_dict().values()), None)
+        if ref is not None:
+            out = out.to(ref.device)
         out.train(module.training)
-        out = out.to(next(module.buffers()).device) if any(True for _ in module.buffers()) else out
     for name, child in module.named_children():
-        out.add_module(name, _convert(child, use_torch))
+        out.add_module(name, _convert(child))
     return out
 
 
 def convert_sync_batchnorm(model: nn.Module) -> nn.Module:
     """Synchronise every BatchNorm (each dataset branch separately)."""
     param = next(model.parameters(), None)
-    use_torch = param is not None and param.device.type == "cuda"
-    return _convert(model, use_torch)
+    if param is not None and param.device.type == "cuda":
+        # torch's converter recurses into the dataset-specific wrappers
+        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return _convert(model)

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from .config import DATA_KEYS
 from .task import Task
 
 
@@ -85,7 +86,9 @@ class ToyTask(Task):
     def build_dataset(self, name, cfg, split, train):
         from .config import check_kwargs
 
-        params = {k: v for k, v in cfg.items() if k not in _GENERIC}
+        params = {k: v for k, v in cfg.items() if k not in DATA_KEYS}
+        if cfg.get("num_classes"):
+            params["num_classes"] = cfg["num_classes"]
         check_kwargs(ToySegmentation.__init__, params, f"data.{name}", reserved=("name", "augment"))
         seed = int(params.pop("seed", 0)) + (0 if split == "train" else 10_000)
         if split != "train":
@@ -101,10 +104,6 @@ class ToyTask(Task):
 
     def input_shape(self, name, cfg):
         return (3, int(cfg.get("height", 32)), int(cfg.get("width", 32)))
-
-
-_GENERIC = ("type", "root", "batch_size", "loss_weight", "train_split", "val_split", "num_workers",
-            "on_bad_sample", "eval")
 
 
 def register() -> None:

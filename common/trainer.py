@@ -219,7 +219,8 @@ def train(cfg: Config, work_dir: str, resume: Optional[str] = None) -> Dict[str,
                 checkpoint(done, os.path.join(ckpt_dir, f"iter_{done:06d}.pth"))
                 for old in sorted(glob.glob(os.path.join(ckpt_dir, "iter_*.pth")))[:-t.keep_checkpoints]:
                     os.remove(old)
-        dist.barrier() if distributed and (last or done % t.checkpoint_every == 0) else None
+        if distributed and (last or done % t.checkpoint_every == 0):
+            dist.barrier()  # no rank runs ahead of a checkpoint being written
 
     if distributed:
         same = dist.replicas_identical(model)
