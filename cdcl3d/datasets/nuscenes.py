@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from .base import ScanReader
-from .labelmap import IGNORE_INDEX, NuScenesLabelMap, nuscenes_challenge_classes
+from .labelmap import NuScenesLabelMap, nuscenes_challenge_classes
 
 logger = logging.getLogger(__name__)
 
@@ -71,19 +71,14 @@ class NuScenesLidarSeg(ScanReader):
     kind = "nuScenes"
 
     num_classes = 16
-    ignore_index = IGNORE_INDEX
 
     def __init__(self, root: str, version: str = "v1.0-trainval", split: str = "train",
                  on_bad_sample: str = "raise", name: str = "nuscenes", nusc: Any = None) -> None:
-        if on_bad_sample not in ("raise", "skip"):
-            raise ValueError(f"on_bad_sample must be 'raise' or 'skip', got {on_bad_sample!r}")
+        super().__init__(root, name, on_bad_sample)
         from nuscenes.utils.splits import create_splits_scenes
 
-        self.root = os.fspath(root)
         self.version = version
         self.split = split
-        self.name = name
-        self.on_bad_sample = on_bad_sample
         self.class_names: List[str] = nuscenes_challenge_classes()
         self.has_labels = not version.endswith("test")
 

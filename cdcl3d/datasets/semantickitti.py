@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from .base import ScanReader
-from .labelmap import IGNORE_INDEX, SemanticKittiLabelMap
+from .labelmap import SemanticKittiLabelMap
 
 logger = logging.getLogger(__name__)
 
@@ -68,16 +68,11 @@ class SemanticKITTI(ScanReader):
     kind = "SemanticKITTI"
 
     num_classes = 19
-    ignore_index = IGNORE_INDEX
 
     def __init__(self, root: str, split: str = "train", sequences: Optional[Sequence[str]] = None,
                  on_bad_sample: str = "raise", name: str = "semantickitti") -> None:
-        if on_bad_sample not in ("raise", "skip"):
-            raise ValueError(f"on_bad_sample must be 'raise' or 'skip', got {on_bad_sample!r}")
-        self.root = os.fspath(root)
+        super().__init__(root, name, on_bad_sample)
         self.split = split
-        self.name = name
-        self.on_bad_sample = on_bad_sample
         self.label_map = SemanticKittiLabelMap()
         self.class_names: List[str] = list(self.label_map.class_names)
         seqs = self.label_map.split(split) if sequences is None else [f"{int(s):02d}" for s in sequences]
