@@ -135,7 +135,7 @@ def test_sync_batchnorm_conversion_keeps_the_wrapper():
 def test_route_survives_ddp_wrapping(tmp_path):
     import torch.distributed as dist
     if not dist.is_available():
-        pytest.skip("torch.distributed unavailable")
+        pytest.skip("this torch build has no torch.distributed (some macOS/Windows wheels)")
     dist.init_process_group("gloo", init_method=f"file://{tmp_path}/pg", rank=0, world_size=1)
     try:
         m = converted()
@@ -150,7 +150,6 @@ def test_route_survives_ddp_wrapping(tmp_path):
 
 
 def test_onnx_export_of_collapsed_model(tmp_path):
-    pytest.importorskip("onnx")
     plain = fold_bn(collapse(converted().eval(), "kitti"))
     path = tmp_path / "m.onnx"
     torch.onnx.export(plain, (torch.randn(1, 3, 16, 16),), str(path), dynamo=False)

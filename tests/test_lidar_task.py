@@ -11,9 +11,6 @@ import torch
 from common.config import build_config
 from common.trainer import train
 
-pytest.importorskip("nuscenes")
-
-
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
     from cdcl3d.synth import generate_lidar
@@ -122,7 +119,6 @@ def test_predict_nuscenes_val_is_scored_by_the_devkit(trained, data_root, tmp_pa
 
 
 def test_export_onnx_matches_pytorch(trained, tmp_path):
-    pytest.importorskip("onnxruntime")
     from common.cli import main
 
     cfg, ckpt, work = trained
@@ -139,7 +135,6 @@ def test_export_onnx_matches_pytorch(trained, tmp_path):
 
 
 def test_sparse_network_trains_on_the_same_core(data_root, tmp_path):
-    pytest.importorskip("spconv")
     cfg = lidar_cfg(data_root, iterations=2, voxel=True,
                     model={"name": "sparse_unet", "base_channels": 8, "channels": [8, 16]})
     res = train(cfg, str(tmp_path / "sparse"))

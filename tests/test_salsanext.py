@@ -89,7 +89,7 @@ def test_returns_logits_not_probabilities():
 def test_dataset_aware_collapse_and_fold_match_routed_model():
     """The core's converters carry over: dataset-aware BN, route, collapse,
     fold_bn (which needs the model to be torch.fx-traceable)."""
-    dataset_specific = pytest.importorskip("common.dataset_specific")
+    from common import dataset_specific
     torch.manual_seed(0)
     model = dataset_specific.convert_dataset_specific(build_salsanext(4, width=0.25), ["a", "b"])
     x = torch.randn(2, 5, 16, 32)
