@@ -48,18 +48,15 @@ def run_demo(args) -> int:
     preset = ("CPU preset: SalsaNext width 0.25, range images 64x256 (KITTI-like) and 32x256 "
               f"(nuScenes-like), {iterations} iterations per dataset, batch 2, seeds {seeds}")
     print(f"[demo] {preset}")
-    overrides_common = [f"train.iterations={iterations}", "train.progress=false", "train.tb_images=false",
-                        f"data.semantickitti.root={data_root}/semantickitti",
-                        f"data.nuscenes.root={data_root}/nuscenes"]
+    # the configs read data/synth/lidar/* relative to the working directory: where the data is
+    overrides = [f"train.iterations={iterations}", "train.progress=false", "train.tb_images=false"]
     scores: Dict[str, Dict[str, List[float]]] = {"semantickitti": {}, "nuscenes": {}}
     t0 = time.time()
     last_cdcl = None
     for seed in seeds:
         for method, dataset, config in RUNS:
             path = os.path.join(CONFIG_DIR, config)
-            ov = [o for o in overrides_common if dataset is None or o.startswith("train.")
-                  or f"data.{dataset}." in o] + [f"train.seed={seed}"]
-            cfg = load_config(path, ov)
+            cfg = load_config(path, overrides + [f"train.seed={seed}"])
             tag = f"{method}_{dataset or 'joint'}_seed{seed}"
             work = os.path.join(out, "runs", tag)
             t1 = time.time()
