@@ -83,8 +83,7 @@ def _backward(loss: torch.Tensor, optimizer: torch.optim.Optimizer, model: nn.Mo
         optimizer.step()
 
 
-def _finite(loss: torch.Tensor, name: str, step: Optional[int], on_nonfinite: str) -> bool:
-    value = float(loss.detach())
+def _finite(value: float, name: str, step: Optional[int], on_nonfinite: str) -> bool:
     if math.isfinite(value):
         return True
     if on_nonfinite == "skip":
@@ -123,9 +122,10 @@ def train_step(
         for name, batch in batches.items():
             with route(model, name), autocast():
                 loss = criteria[name](forward(model, batch), batch)
-            losses[name] = float(loss.detach())
-            if not _finite(loss, name, step, on_nonfinite):
-                return {n: (math.nan if n == name else v) for n, v in losses.items()}
+            losses[name] = float(loss.detach())  # the step's one host sync per dataset
+            if not _finite(losses[name], name, step, on_nonfinite):
+                losses[name] = math.nan  # marks the dataset that made the step be skipped
+                return losses
             total = total + weights.get(name, 1.0) * loss
         _backward(total, optimizer, model, scaler, clip_grad)
 
@@ -139,8 +139,9 @@ def train_step(
             for name, batch in batches.items():
                 loss = criteria[name](select_output(out, name, sizes), batch)
                 losses[name] = float(loss.detach())
-                if not _finite(loss, name, step, on_nonfinite):
-                    return {n: (math.nan if n == name else v) for n, v in losses.items()}
+                if not _finite(losses[name], name, step, on_nonfinite):
+                    losses[name] = math.nan
+                    return losses
                 total = total + weights.get(name, 1.0) * loss
         _backward(total, optimizer, model, scaler, clip_grad)
 
@@ -150,7 +151,7 @@ def train_step(
             with route(model, name), autocast():
                 loss = criteria[name](forward(model, batch), batch)
             losses[name] = float(loss.detach())
-            if not _finite(loss, name, step, on_nonfinite):
+            if not _finite(losses[name], name, step, on_nonfinite):
                 losses[name] = math.nan
                 continue
             _backward(weights.get(name, 1.0) * loss, optimizer, model, scaler, clip_grad)
