@@ -15,13 +15,9 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch.nn import functional as F
 
+from .transforms import to_pair
+
 LogitsFn = Callable[[torch.Tensor], torch.Tensor]
-
-
-def _pair(v) -> Tuple[int, int]:
-    if isinstance(v, int):
-        return v, v
-    return int(v[0]), int(v[1])
 
 
 def whole_inference(logits_fn: LogitsFn, images: torch.Tensor) -> torch.Tensor:
@@ -47,11 +43,11 @@ def slide_inference(logits_fn: LogitsFn, images: torch.Tensor, crop, stride=None
     when ``pad`` is true, otherwise its windows shrink to the image. When one
     window covers the image exactly, the result equals whole-image inference.
     """
-    ch, cw = _pair(crop)
+    ch, cw = to_pair(crop, "crop")
     if stride is None:
         sh, sw = max(1, int(math.ceil(ch * 2 / 3))), max(1, int(math.ceil(cw * 2 / 3)))
     else:
-        sh, sw = _pair(stride)
+        sh, sw = to_pair(stride, "stride")
     if sh < 1 or sw < 1 or ch < 1 or cw < 1:
         raise ValueError(f"crop {crop!r} and stride {stride!r} must be positive")
     b, _, h, w = images.shape

@@ -30,20 +30,12 @@ from common.config import DATA_KEYS
 from common.metrics import ConfusionMatrix
 from common.task import Batch, Task
 
+from .transforms import to_pair
+
 logger = logging.getLogger(__name__)
 
 IMAGE_DATA_KEYS = ("crop", "scale", "flip", "jitter", "eval_size")
 DEFAULT_CROP = (512, 512)
-
-
-def _pair(v, what: str):
-    if v is None:
-        return None
-    if isinstance(v, int):
-        return (v, v)
-    if isinstance(v, (list, tuple)) and len(v) == 2:
-        return (int(v[0]), int(v[1]))
-    raise ValueError(f"{what} must be an int or [height, width], got {v!r}")
 
 
 def collate(items: List[Dict[str, Any]]) -> Batch:
@@ -94,11 +86,12 @@ class ImageTask(Task):
             raise ValueError(f"data.{name}.root is empty: set it to the {kind} dataset folder")
         if train:
             transform = build_train_transform(
-                crop=_pair(cfg.get("crop", DEFAULT_CROP), f"data.{name}.crop"),
+                crop=to_pair(cfg.get("crop", DEFAULT_CROP), f"data.{name}.crop"),
                 scale=cfg.get("scale", (0.5, 2.0)), flip=bool(cfg.get("flip", True)),
                 jitter=bool(cfg.get("jitter", True)))
         else:
-            transform = build_eval_transform(_pair(cfg.get("eval_size"), f"data.{name}.eval_size"))
+            transform = build_eval_transform(
+                None if cfg.get("eval_size") is None else to_pair(cfg["eval_size"], f"data.{name}.eval_size"))
         reader = READERS[kind]
         if cfg.get("num_classes") is not None and int(cfg["num_classes"]) != len(reader.class_names):
             raise ValueError(f"data.{name}.num_classes is {cfg['num_classes']} but {kind} has "
@@ -130,7 +123,7 @@ class ImageTask(Task):
         return PSPNet(num_classes, norm_layer=norm_layer or nn.BatchNorm2d, **kwargs)
 
     def input_shape(self, name: str, cfg: Dict[str, Any]) -> tuple:
-        h, w = _pair(cfg.get("crop", DEFAULT_CROP), f"data.{name}.crop")
+        h, w = to_pair(cfg.get("crop", DEFAULT_CROP), f"data.{name}.crop")
         return (3, h, w)
 
     # -- loss and forward ---------------------------------------------------------

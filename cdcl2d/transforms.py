@@ -19,12 +19,13 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 Pair = Tuple[np.ndarray, Optional[np.ndarray]]
 
 
-def _pair(size) -> Tuple[int, int]:
+def to_pair(size, what: str = "size") -> Tuple[int, int]:
+    """``int`` or ``(height, width)`` -> ``(height, width)``."""
     if isinstance(size, int):
         return size, size
-    if len(size) != 2:
-        raise ValueError(f"size must be an int or (height, width), got {size!r}")
-    return int(size[0]), int(size[1])
+    if isinstance(size, (list, tuple)) and len(size) == 2:
+        return int(size[0]), int(size[1])
+    raise ValueError(f"{what} must be an int or [height, width], got {size!r}")
 
 
 def resize_image(image: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
@@ -81,7 +82,7 @@ class RandomCrop:
     ImageNet mean, so it normalises to 0; labels with ``ignore_index``)."""
 
     def __init__(self, size, ignore_index: int = 255) -> None:
-        self.size = _pair(size)
+        self.size = to_pair(size)
         self.ignore_index = ignore_index
 
     def __call__(self, image: np.ndarray, labels: Optional[np.ndarray]) -> Pair:
@@ -145,7 +146,7 @@ class Resize:
     """Deterministic resize to ``size = (H, W)`` (labels nearest)."""
 
     def __init__(self, size) -> None:
-        self.size = _pair(size)
+        self.size = to_pair(size)
 
     def __call__(self, image: np.ndarray, labels: Optional[np.ndarray]) -> Pair:
         image = resize_image(image, self.size)

@@ -1,4 +1,6 @@
 """LiDAR segmentation networks."""
-from .salsanext import SalsaNext, build_salsanext, count_parameters
+from common.flops import count_parameters
+
+from .salsanext import SalsaNext, build_salsanext
 
 __all__ = ["SalsaNext", "build_salsanext", "count_parameters"]

@@ -221,10 +221,5 @@ def build_salsanext(num_classes: int, width: float = 1.0, dropout: float = 0.2,
                      dropout=dropout, norm_layer=norm_layer)
 
 
-def count_parameters(model: nn.Module) -> int:
-    """Number of trainable parameters."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
-__all__: Tuple[str, ...] = ("SalsaNext", "build_salsanext", "count_parameters",
+__all__: Tuple[str, ...] = ("SalsaNext", "build_salsanext",
                             "ResContextBlock", "ResBlock", "UpBlock")
