@@ -131,7 +131,7 @@ def cmd_predict(args) -> int:
     loader = DataLoader(ds, batch_size=1, shuffle=False, num_workers=cfg.eval.num_workers,
                         collate_fn=task.collate_fn(args.dataset, cfg.data[args.dataset].as_dict()))
     from .evaluation import eval_options
-    with route(model, args.dataset):
+    with route(model, cfg.branch_of(args.dataset)):
         written = task.predict(model, loader, args.dataset, ds, device, args.out,
                                dict(eval_options(cfg, args.dataset), split=args.split))
     print(f"wrote predictions for {args.dataset}/{args.split} under {args.out}"
@@ -215,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config(p)
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--dataset", required=True, help="the dataset (from the config) to take statistics on")
-    p.add_argument("--branch", help="the BN branch to update (default: --dataset, or the first dataset)")
+    p.add_argument("--branch", help="the BN branch to update (default: data.<dataset>.branch, else the dataset)")
     p.add_argument("--batches", type=int, default=200)
     p.add_argument("--out", required=True, help="where to write the updated checkpoint")
     p.set_defaults(func=cmd_precise_bn)

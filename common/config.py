@@ -45,6 +45,8 @@ class DataConfig:
     num_workers: int = 0
     on_bad_sample: str = "raise"  # raise | skip
     num_classes: Optional[int] = None  # known class count (`cdcl info` without data; checked by readers)
+    # an unseen dataset: not trained, evaluated (and precise-BN'd) through this trained dataset's branch
+    branch: Optional[str] = None
     eval: Dict[str, Any] = field(default_factory=dict)  # this dataset's overrides of eval.options
     params: Dict[str, Any] = field(default_factory=dict)
 
@@ -118,8 +120,17 @@ class Config:
 
     @property
     def names(self) -> List[str]:
-        """Dataset names, declared once, in config order."""
-        return list(self.data.keys())
+        """The trained datasets (branches, heads, loaders), declared once, in config order."""
+        return [n for n, d in self.data.items() if d.branch is None]
+
+    @property
+    def eval_names(self) -> List[str]:
+        """Every dataset that is evaluated: the trained ones, then the unseen ones."""
+        return self.names + [n for n, d in self.data.items() if d.branch is not None]
+
+    def branch_of(self, name: str) -> str:
+        """The model branch that serves dataset ``name``."""
+        return self.data[name].branch or name
 
     def to_dict(self) -> Dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -292,7 +303,12 @@ def validate(cfg: Config) -> None:
         for name in cfg.strategy.label_map:
             if name not in cfg.data:
                 raise ConfigError(f"{src}: 'strategy.label_map.{name}' names no dataset; datasets: {cfg.names}")
-    if cfg.train.reference is not None and cfg.train.reference not in cfg.data:
+    for name, dc in cfg.data.items():
+        if dc.branch is not None and dc.branch not in cfg.names:
+            raise ConfigError(f"{src}: 'data.{name}.branch' is {dc.branch!r}; trained datasets: {cfg.names}")
+    if not cfg.names:
+        raise ConfigError(f"{src}: every dataset under 'data' has a 'branch': nothing to train")
+    if cfg.train.reference is not None and cfg.train.reference not in cfg.names:
         raise ConfigError(f"{src}: 'train.reference' is {cfg.train.reference!r}; datasets: {cfg.names}")
     for name, dc in cfg.data.items():
         if dc.batch_size < 1:

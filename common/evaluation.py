@@ -51,14 +51,14 @@ def evaluate_model(cfg: Config, model: nn.Module, device: torch.device,
     was_training = model.training
     model.eval()
     results: Dict[str, Dict[str, Any]] = {}
-    for name in cfg.names:
+    for name in cfg.eval_names:
         if only and name not in only:
             continue
         ds = (datasets or {}).get(name)
         if ds is None:
             ds = build_dataset(cfg, name, split or cfg.data[name].val_split, False, task)
         loader = build_eval_loader(cfg, name, ds, task)
-        with route(model, name):
+        with route(model, cfg.branch_of(name)):
             cms: Dict[str, ConfusionMatrix] = task.evaluate(model, loader, name, ds, device,
                                                            eval_options(cfg, name))
         mode = task.miou_mode(name, cfg.data[name].as_dict())

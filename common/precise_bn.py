@@ -65,7 +65,9 @@ def precise_bn_from_args(args) -> int:
     task = get_task(cfg)
     device = select_device(cfg.train.device)
     model = load_model_for_eval(cfg, args.checkpoint, device, task)
-    branch = args.branch or (args.dataset if args.dataset in dataset_names(model) else cfg.names[0])
+    if args.dataset not in cfg.data:
+        raise KeyError(f"unknown dataset {args.dataset!r}; the config has {list(cfg.data)}")
+    branch = args.branch or cfg.branch_of(args.dataset)
     ds = build_dataset(cfg, args.dataset, cfg.data[args.dataset].train_split, False, task)
     loader = DataLoader(ds, batch_size=cfg.data[args.dataset].batch_size, shuffle=True,
                         collate_fn=task.collate_fn(args.dataset, cfg.data[args.dataset].as_dict()),

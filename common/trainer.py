@@ -158,7 +158,7 @@ def train(cfg: Config, work_dir: str, resume: Optional[str] = None) -> Dict[str,
         }, path)
 
     def evaluate(step: int) -> Dict[str, Any]:
-        for n in names:
+        for n in cfg.eval_names:  # trained datasets, then unseen ones (through their branch)
             if n not in val_sets:
                 val_sets[n] = build_dataset(cfg, n, cfg.data[n].val_split, False, task)
         results = evaluate_model(cfg, model, device, val_sets, task)
@@ -209,7 +209,7 @@ def train(cfg: Config, work_dir: str, resume: Optional[str] = None) -> Dict[str,
         last = done == t.iterations
         if (t.eval_every and done % t.eval_every == 0) or last:
             results = evaluate(done)
-            mean_miou = sum(r["miou"] for r in results.values()) / len(results)
+            mean_miou = sum(results[n]["miou"] for n in names) / len(names)  # trained datasets
             if main and mean_miou > best:
                 best = mean_miou
                 checkpoint(done, os.path.join(ckpt_dir, "best.pth"))

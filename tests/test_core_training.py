@@ -187,29 +187,33 @@ def test_every_strategy_trains(tmp_path, strategy, mode):
     assert all(0 <= r["miou"] <= 1 for r in res.values())
 
 
-def test_precise_bn_recomputes_only_the_chosen_branch(tmp_path):
-    import yaml
-
+def test_unseen_dataset_is_evaluated_and_precise_bn_updates_only_its_branch(tmp_path):
+    from common.build import build_dataset
     from common.cli import main
-    from common.dataset_specific import collapse
+    from common.dataset_specific import collapse, dataset_names
     from common.evaluation import load_model_for_eval
 
     cfg = toy_cfg(tmp_path, iterations=2)
-    train(cfg, str(tmp_path / "run"))
-    cfg_path = tmp_path / "run" / "config.yaml"
+    d = cfg.to_dict()
+    # "c" is never trained on: it is served by b's branch (zero-shot)
+    d["data"]["c"] = {"type": "toy", "size": 4, "height": 16, "width": 16, "style": 3.0,
+                      "num_classes": 3, "branch": "b"}
+    cfg = build_config(d, source="toy")
+    assert cfg.names == ["a", "b"] and cfg.eval_names == ["a", "b", "c"]
+    res = train(cfg, str(tmp_path / "run"))
+    assert set(res) == {"a", "b", "c"}
     ckpt = tmp_path / "run/checkpoints/latest.pth"
+    assert dataset_names(load_model_for_eval(cfg, str(ckpt), torch.device("cpu"))) == ["a", "b"]
     out = tmp_path / "pbn.pth"
-    # statistics of dataset a's data, written into branch b (zero-shot style)
-    assert main(["precise-bn", str(cfg_path), "--checkpoint", str(ckpt), "--dataset", "a",
-                 "--branch", "b", "--batches", "100", "--out", str(out)]) == 0
+    assert main(["precise-bn", str(tmp_path / "run" / "config.yaml"), "--checkpoint", str(ckpt),
+                 "--dataset", "c", "--batches", "100", "--out", str(out)]) == 0
     before = load_checkpoint(str(ckpt))["model"]
     after = load_checkpoint(str(out))["model"]
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed and all(".branches.b." in k for k in changed)
-    # bn1's new running mean is the mean of conv1's output over all of a's samples
+    # bn1's new running mean is the mean of conv1's output over all of c's samples
     model = load_model_for_eval(cfg, str(ckpt), torch.device("cpu"))
-    from common.build import build_dataset
-    ds = build_dataset(cfg, "a", "train", False)
+    ds = build_dataset(cfg, "c", "train", False)
     x = torch.stack([ds[i]["inputs"] for i in range(len(ds))])
     with torch.no_grad():
         feats = collapse(model, "b").conv1(x)
