@@ -314,7 +314,7 @@ class LidarTask(Task):
                 continue
             item = ds[0]
             batch = to_device(self.collate_fn(name, cfg.data[name].as_dict())([item]), device)
-            with torch.no_grad(), route(m, name):
+            with torch.no_grad(), route(m, cfg.branch_of(name)):
                 plain, _, argmax = self.predict_points(m, batch, {})
             palette = train_palette(cfg.data[name].type)
             add_range_images(writer, f"val/{name}/range_image", step, item["proj_range"],

@@ -204,7 +204,10 @@ def test_log_images_keeps_bn_statistics_and_mode(root):
         def add_image(self, tag, img, step, dataformats):
             images.append((tag, img.shape, dataformats))
 
-    task.log_images(Writer(), model, {"cityscapes": ds}, None, torch.device("cpu"), 3)
+    from common.config import build_config
+    cfg = build_config({"task": "2d", "model": {"name": "pspnet"},
+                        "data": {"cityscapes": _data_cfg(root, "cityscapes")}}, source="test")
+    task.log_images(Writer(), model, {"cityscapes": ds}, cfg, torch.device("cpu"), 3)
     assert images == [("val/cityscapes", (32, 64 * 3, 3), "HWC")]
     assert model.training
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())

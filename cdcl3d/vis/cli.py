@@ -284,7 +284,7 @@ def _from_config(args: argparse.Namespace) -> int:
         model = load_model_for_eval(cfg, args.checkpoint, torch.device("cpu"))
         batch = task.collate_fn(name, cfg.data[name].as_dict())([ds[args.index]])
         knn = task._knn(ds, eval_options(cfg, name), torch.device("cpu"))
-        with torch.no_grad(), route(model, name):
+        with torch.no_grad(), route(model, cfg.branch_of(name)):
             plain, with_knn, _ = task.predict_points(model, batch, {}, knn)
         preds = (with_knn or plain)[0].numpy()
     dtype = cfg.data[name].type
