@@ -134,13 +134,19 @@ class ImageTask(Task):
         ignore = int(getattr(dataset, "ignore_index", 255))
         aux_weight = float(model_cfg.get("aux_weight", 0.4))
 
+        def ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+            # float32 whatever the autocast dtype: the mean runs over ~10^5
+            # pixels (fp16 overflows, bf16 keeps 8 bits)
+            with torch.autocast(logits.device.type, enabled=False):
+                return F.cross_entropy(logits.float(), labels, ignore_index=ignore)
+
         def criterion(output, batch: Batch) -> torch.Tensor:
             labels = batch["labels"]  # (B, H, W)
             if not isinstance(output, dict):
-                return F.cross_entropy(output, labels, ignore_index=ignore)
-            loss = F.cross_entropy(output["out"], labels, ignore_index=ignore)
+                return ce(output, labels)
+            loss = ce(output["out"], labels)
             if "aux" in output and aux_weight:
-                loss = loss + aux_weight * F.cross_entropy(output["aux"], labels, ignore_index=ignore)
+                loss = loss + aux_weight * ce(output["aux"], labels)
             return loss
 
         return criterion

@@ -134,28 +134,31 @@ class LidarSegLoss(nn.Module):
         self.register_buffer("class_weights", class_weights)
 
     def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        # Whatever the autocast dtype, the loss is computed in float32: its
+        # sums run over ~10^5 pixels (a fp16 count overflows at 65,504 and the
+        # CE term would silently become 0; bf16 keeps 8 bits of a count).
+        logits = logits.float()
         w = self.class_weights
-        if w is not None:
-            if w.numel() != logits.shape[1]:
-                raise ValueError(f"LidarSegLoss: {w.numel()} class weights for "
-                                 f"{logits.shape[1]} classes")
-            w = w.to(logits.dtype)
-        # Weighted mean as F.cross_entropy computes it, with the denominator
-        # clamped so that an all-ignored batch gives 0, not NaN (and no
-        # host sync is needed to test for that case).
-        per_pixel = F.cross_entropy(logits, labels, weight=w, ignore_index=self.ignore_index,
-                                    reduction="none")
-        valid = labels != self.ignore_index
-        if w is not None:
-            safe = torch.where(valid, labels, torch.zeros_like(labels))
-            denom = (w[safe] * valid).sum()
-        else:
-            denom = valid.sum().to(logits.dtype)
-        ce = per_pixel.sum() / denom.clamp_min(torch.finfo(logits.dtype).tiny)
-        if self.lovasz_weight == 0:
-            return ce
-        probs = F.softmax(logits, dim=1)
-        return ce + self.lovasz_weight * lovasz_softmax(probs, labels, self.ignore_index)
+        if w is not None and w.numel() != logits.shape[1]:
+            raise ValueError(f"LidarSegLoss: {w.numel()} class weights for "
+                             f"{logits.shape[1]} classes")
+        with torch.autocast(logits.device.type, enabled=False):
+            # Weighted mean as F.cross_entropy computes it, with the denominator
+            # clamped so that an all-ignored batch gives 0, not NaN (and no
+            # host sync is needed to test for that case).
+            per_pixel = F.cross_entropy(logits, labels, weight=w, ignore_index=self.ignore_index,
+                                        reduction="none")
+            valid = labels != self.ignore_index
+            if w is not None:
+                safe = torch.where(valid, labels, torch.zeros_like(labels))
+                denom = (w[safe] * valid).sum()
+            else:
+                denom = valid.sum().float()
+            ce = per_pixel.sum() / denom.clamp_min(torch.finfo(torch.float32).tiny)
+            if self.lovasz_weight == 0:
+                return ce
+            probs = F.softmax(logits, dim=1)
+            return ce + self.lovasz_weight * lovasz_softmax(probs, labels, self.ignore_index)
 
 
 def compute_label_frequencies(label_arrays: Iterable[np.ndarray], num_classes: int,

@@ -91,6 +91,25 @@ def test_criterion_adds_aux_with_weight():
     assert torch.allclose(crit({"out": out}, {"labels": labels}), ce(out, labels, ignore_index=255))
 
 
+def test_criterion_reduces_in_float32_for_half_logits():
+    # 118k labelled pixels: a fp16 mean gives NaN, a bf16 one keeps 8 bits
+    task = ImageTask()
+
+    class DS:
+        ignore_index = 255
+
+    crit = task.build_criterion("c", {}, DS(), {"name": "pspnet"})
+    g = torch.Generator().manual_seed(0)
+    out = (2 * torch.randn(2, 19, 256, 256, generator=g)).bfloat16().float()
+    labels = torch.randint(0, 19, (2, 256, 256), generator=g)
+    labels[torch.rand(labels.shape, generator=g) < 0.1] = 255
+    ref = crit({"out": out, "aux": out}, {"labels": labels})
+    for dtype in (torch.float16, torch.bfloat16):
+        low = crit({"out": out.to(dtype), "aux": out.to(dtype)}, {"labels": labels})
+        assert low.dtype == torch.float32
+        assert low.item() == pytest.approx(ref.item(), rel=1e-3)
+
+
 def test_evaluate_counts_every_labelled_pixel(root):
     task = ImageTask()
     ds = task.build_dataset("cityscapes", _data_cfg(root, "cityscapes"), "val", False)

@@ -153,3 +153,39 @@ def test_lidar_seg_loss_on_per_point_logits():
     expected = (F.cross_entropy(logits, labels, weight=w, ignore_index=255)
                 + lovasz_softmax(F.softmax(logits, 1), labels))
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def _big_batch(seed=0):
+    """131,072 pixels (2 x 256 x 256), 20 classes, ~10% ignored, so that the
+    labelled count (~118k) is above fp16's largest finite value (65,504) and
+    is not a power of two. Logits are rounded to bf16 (and fit fp16) so that
+    both precisions see the same numbers and only the arithmetic differs."""
+    g = torch.Generator().manual_seed(seed)
+    logits = (2.0 * torch.randn(2, 20, 256, 256, generator=g)).bfloat16().float()
+    labels = torch.randint(0, 20, (2, 256, 256), generator=g)
+    labels[torch.rand(labels.shape, generator=g) < 0.1] = 255
+    return logits, labels
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_loss_sums_pixels_in_float32_under_autocast(weighted):
+    logits, labels = _big_batch()
+    w = torch.linspace(0.5, 3.0, 20) if weighted else None
+    loss = LidarSegLoss(w, lovasz_weight=1.0)
+    ce_only = LidarSegLoss(w, lovasz_weight=0.0)
+    ref, ref_ce = loss(logits, labels), ce_only(logits, labels)
+    assert ref_ce.item() > 1.0  # random logits: a real CE term, not 0
+    # CPU autocast (what train.amp=bf16 runs), logits as the network returns them
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low, low_ce = loss(logits.bfloat16(), labels), ce_only(logits.bfloat16(), labels)
+    assert low.dtype == torch.float32
+    assert low_ce.item() == pytest.approx(ref_ce.item(), rel=1e-3)
+    assert low.item() == pytest.approx(ref.item(), rel=1e-3)
+    # fp16 logits (train.amp=fp16 hands the loss half logits): the count of
+    # ~118k labelled pixels overflows fp16; the CE term must not become 0
+    half_ce = ce_only(logits.half(), labels)
+    assert half_ce.item() == pytest.approx(ref_ce.item(), rel=1e-3)
+    if torch.cuda.is_available():
+        with torch.autocast("cuda", dtype=torch.float16):
+            cuda = loss.cuda()(logits.cuda().half(), labels.cuda())
+        assert cuda.item() == pytest.approx(ref.item(), rel=1e-3)
