@@ -171,20 +171,33 @@ class LidarTask(Task):
 
     # -- loss -----------------------------------------------------------------------
     def class_frequencies(self, name: str, cfg: Dict[str, Any], dataset) -> Optional[np.ndarray]:
+        """Per-class point shares in ``dataset``'s label space, or None.
+
+        Counted on the on-disk reader's point labels (not on projected,
+        augmented images), in the reader's own train ids, then carried through
+        the label table of a remapped dataset (``label_remap``)."""
         mode = cfg.get("class_weights", "content" if cfg["type"] == "semantickitti" else "computed")
-        k = len(dataset.class_names)
         if mode == "none":
             return None
+        from common.data import unwrap_dataset
+
+        reader, remap = unwrap_dataset(dataset)
         if mode == "content":
             if cfg["type"] != "semantickitti":
                 raise ValueError(f"data.{name}.class_weights=content exists only for SemanticKITTI")
             from .datasets.labelmap import SemanticKittiLabelMap
-            return SemanticKittiLabelMap().content_by_train_id()
-        if mode != "computed":
+            freq = SemanticKittiLabelMap().content_by_train_id()
+        elif mode == "computed":
+            freq = self._counted_frequencies(name, cfg, reader)
+        else:
             raise ValueError(f"data.{name}.class_weights must be content, computed or none, not {mode!r}")
+        return remap.map_frequencies(freq) if remap is not None else np.asarray(freq)
+
+    @staticmethod
+    def _counted_frequencies(name: str, cfg: Dict[str, Any], reader) -> np.ndarray:
         from .losses import cached_frequencies, compute_label_frequencies
 
-        reader = getattr(dataset, "base", dataset)
+        k = len(reader.class_names)
         key = hashlib.sha1(f"{os.path.abspath(cfg['root'])}|{cfg.get('version')}|{cfg['type']}|"
                            f"{cfg.get('train_split', 'train')}|{len(reader)}".encode()).hexdigest()[:16]
         cache = os.path.join(os.path.expanduser(os.environ.get("CDCL_CACHE", "~/.cache/cdcl")),
@@ -195,7 +208,9 @@ class LidarTask(Task):
             logger.info("counting class frequencies of %s (%d scans) once; cache %s", name, len(reader), cache)
             labels = (reader[i]["labels"] for i in range(len(reader)))  # each scan read once
             return compute_label_frequencies((x for x in labels if x is not None), k)
-        return np.asarray(cached_frequencies(cache, count))
+        # the meta names the label space, so a cache counted in another one is redone
+        return np.asarray(cached_frequencies(cache, count, meta={"space": "reader train ids",
+                                                                 "num_classes": k}))
 
     def build_criterion(self, name, cfg, dataset, model_cfg):
         from .losses import LidarSegLoss, class_weights_from_frequencies

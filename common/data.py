@@ -194,6 +194,36 @@ class RemapLabels(Dataset):
                 item[key] = self.lut.numpy()[v.astype(np.int64)]
         return item
 
+    def map_frequencies(self, freq: np.ndarray) -> np.ndarray:
+        """Per-class shares of the base's label space carried into this one
+        (classes mapped to the ignore index drop out; renormalised to sum 1)."""
+        freq = np.asarray(freq, dtype=np.float64)
+        lut = self.lut.numpy()[:len(freq)]
+        keep = (lut >= 0) & (lut < self.num_classes)
+        out = np.bincount(lut[keep], weights=freq[keep], minlength=self.num_classes)
+        total = out.sum()
+        return out / total if total > 0 else out
+
+    @property
+    def scored_classes(self) -> List[int]:
+        """The target ids that the table reaches: the only classes this dataset labels."""
+        lut = self.lut.numpy()
+        return sorted({int(t) for t in lut if 0 <= t < self.num_classes})
+
+
+def unwrap_dataset(dataset: Dataset) -> Tuple[Dataset, Optional[RemapLabels]]:
+    """The innermost dataset under wrappers that keep theirs in ``.base``
+    (range images, remapping, subsets), and the :class:`RemapLabels` met on
+    the way (None when the labels are the reader's own)."""
+    remap = None
+    while True:
+        if isinstance(dataset, RemapLabels):
+            remap = dataset if remap is None else remap
+        inner = vars(dataset).get("base")  # not through RemapLabels.__getattr__
+        if inner is None:
+            return dataset, remap
+        dataset = inner
+
 
 def build_label_lut(mapping: Dict[int, int], ignore_index: int = 255, size: int = 256) -> np.ndarray:
     """Lookup table: ids in ``mapping`` go to their target, others to ignore."""

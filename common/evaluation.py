@@ -62,12 +62,13 @@ def evaluate_model(cfg: Config, model: nn.Module, device: torch.device,
             cms: Dict[str, ConfusionMatrix] = task.evaluate(model, loader, name, ds, device,
                                                            eval_options(cfg, name))
         mode = task.miou_mode(name, cfg.data[name].as_dict())
-        variants = {k: cm.summary(mode) for k, cm in cms.items()}
+        scored = getattr(ds, "scored_classes", None)  # a remapped dataset's reachable classes
+        variants = {k: cm.summary(mode, scored) for k, cm in cms.items()}
         headline = next(iter(variants))
         res = dict(variants[headline])
         res["variant"] = headline
         res["variants"] = variants
-        res["tables"] = "\n\n".join(cm.table(f"[{name}] {k}", mode) for k, cm in cms.items())
+        res["tables"] = "\n\n".join(cm.table(f"[{name}] {k}", mode, scored) for k, cm in cms.items())
         results[name] = res
     if was_training:
         model.train()

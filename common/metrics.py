@@ -64,10 +64,15 @@ class ConfusionMatrix:
         union = tp + fp + fn
         return torch.where(union > 0, tp / union.clamp(min=1), torch.full_like(tp, float("nan")))
 
-    def miou(self, mode: str = "all") -> float:
+    def miou(self, mode: str = "all", classes: Optional[Sequence[int]] = None) -> float:
+        """Mean IoU over ``classes`` (default: every class). A dataset whose
+        labels reach only some classes (a label-remapped one) is scored over
+        those: the others are never in its ground truth."""
         iou = self.iou()
+        if classes is not None:
+            iou = iou[torch.as_tensor(list(classes), dtype=torch.long)]
         if mode == "all":
-            return float(torch.nan_to_num(iou, nan=0.0).mean())
+            return float(torch.nan_to_num(iou, nan=0.0).mean()) if iou.numel() else 0.0
         if mode == "present":
             valid = ~torch.isnan(iou)
             return float(iou[valid].mean()) if valid.any() else 0.0
@@ -85,30 +90,36 @@ class ConfusionMatrix:
         total = (tp + fn).sum()
         return float(tp.sum() / total) if total > 0 else 0.0
 
-    def summary(self, mode: str = "all") -> Dict:
-        """JSON-ready numbers: ``{"miou", "fwiou", "acc", "iou": {class: ..}}``."""
+    def summary(self, mode: str = "all", classes: Optional[Sequence[int]] = None) -> Dict:
+        """JSON-ready numbers: ``{"miou", "miou_mode", "scored_classes", "fwiou",
+        "acc", "iou": {class: ..}}``; ``scored_classes`` is None when every
+        class is scored, else the names of the classes the mean runs over."""
         iou = self.iou()
         return {
-            "miou": self.miou(mode),
+            "miou": self.miou(mode, classes),
             "miou_mode": mode,
+            "scored_classes": None if classes is None else [self.class_names[c] for c in classes],
             "fwiou": self.fwiou(),
             "acc": self.accuracy(),
             "iou": {name: (None if torch.isnan(v) else float(v))
                     for name, v in zip(self.class_names, iou)},
         }
 
-    def table(self, title: str = "", mode: str = "all") -> str:
+    def table(self, title: str = "", mode: str = "all", classes: Optional[Sequence[int]] = None) -> str:
         """A console table: one row per class, then mIoU / fwIoU / accuracy."""
         iou = self.iou()
+        scored = set(range(self.num_classes) if classes is None else classes)
         width = max([len(n) for n in self.class_names] + [8])
         lines = [title] if title else []
         lines.append(f"{'class'.ljust(width)}   IoU")
         lines.append("-" * (width + 9))
-        for name, v in zip(self.class_names, iou):
+        for c, (name, v) in enumerate(zip(self.class_names, iou)):
             val = "   n/a" if torch.isnan(v) else f"{100 * float(v):6.2f}"
-            lines.append(f"{name.ljust(width)} {val}")
+            lines.append(f"{name.ljust(width)} {val}" + ("" if c in scored else "  (not scored)"))
         lines.append("-" * (width + 9))
-        lines.append(f"{'mIoU'.ljust(width)} {100 * self.miou(mode):6.2f}  ({mode})")
+        over = "" if classes is None else f", over the {len(scored)} of {self.num_classes} classes " \
+                                          "the label map reaches"
+        lines.append(f"{'mIoU'.ljust(width)} {100 * self.miou(mode, classes):6.2f}  ({mode}{over})")
         lines.append(f"{'fwIoU'.ljust(width)} {100 * self.fwiou():6.2f}")
         lines.append(f"{'accuracy'.ljust(width)} {100 * self.accuracy():6.2f}")
         return "\n".join(lines)

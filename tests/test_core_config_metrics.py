@@ -90,3 +90,46 @@ def test_miou_modes_differ_on_absent_classes():
     assert math.isclose(cm.miou("all"), 2 / 3)    # SemanticKITTI: every class, absent scores 0
     with pytest.raises(ValueError, match="outside"):
         cm.update(torch.tensor([5]), torch.tensor([0]))
+
+
+def test_remapped_dataset_is_scored_over_the_classes_its_table_reaches():
+    """label_remap: B (3 classes) mapped into A's 4 classes reaches targets 1 and 2
+    only; a perfect prediction scores 1.0, not 2/4 (classes B never labels)."""
+    from torch import nn
+    from torch.utils.data import Dataset
+
+    from common.config import build_config
+    from common.data import RemapLabels, build_label_lut
+    from common.evaluation import evaluate_model
+    from common.toy import ToySegmentation
+
+    lut = build_label_lut({0: 1, 1: 2})  # B's class 2 is not mapped (ignored)
+
+    class Perfect(Dataset):
+        """B's items, with the inputs one-hot of the remapped label: an identity
+        'network' predicts every labelled pixel right."""
+
+        def __init__(self):
+            self.toy = ToySegmentation(size=4, height=16, width=16, num_classes=3, seed=1, name="b")
+            self.class_names, self.ignore_index = self.toy.class_names, 255
+
+        def __len__(self):
+            return len(self.toy)
+
+        def __getitem__(self, i):
+            item = dict(self.toy[i])
+            target = torch.as_tensor(lut)[item["labels"]]
+            item["inputs"] = torch.nn.functional.one_hot(target.clamp(max=4), 5)[..., :4] \
+                .permute(2, 0, 1).float()
+            return item
+
+    cfg = build_config({"task": "toy", "model": {"name": "toynet"},
+                        "data": {"a": {"type": "toy"}, "b": {"type": "toy", "num_classes": 3}},
+                        "strategy": {"name": "label_remap", "label_map": {"b": {0: 1, 1: 2}}}},
+                       source="test")
+    ds = RemapLabels(Perfect(), lut, [f"class{i}" for i in range(4)])
+    assert ds.scored_classes == [1, 2]
+    res = evaluate_model(cfg, nn.Identity(), torch.device("cpu"), datasets={"b": ds}, only=["b"])["b"]
+    assert res["miou"] == pytest.approx(1.0)
+    assert res["scored_classes"] == ["class1", "class2"]
+    assert "not scored" in res["tables"] and "2 of 4 classes" in res["tables"]

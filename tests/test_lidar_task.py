@@ -184,3 +184,41 @@ def test_training_writes_tensorboard_images(trained):
     for name in ("semantickitti", "nuscenes"):
         assert any(t.startswith(f"val/{name}/range_image") for t in tags), tags
         assert any(t.startswith(f"val/{name}/scan") for t in tags), tags
+
+
+def _kitti_tree(root, raw_label, n=500, seed=0):
+    """One SemanticKITTI-layout scan (sequence 00) whose points all carry ``raw_label``."""
+    rng = np.random.default_rng(seed)
+    seq = root / "sequences" / "00"
+    (seq / "velodyne").mkdir(parents=True)
+    (seq / "labels").mkdir()
+    ang = rng.uniform(-np.pi, np.pi, n)
+    dist = rng.uniform(3, 30, n)
+    pts = np.stack([dist * np.cos(ang), dist * np.sin(ang), rng.uniform(-1.5, 1, n),
+                    rng.uniform(0, 1, n)], 1).astype(np.float32)
+    pts.tofile(seq / "velodyne" / "000000.bin")
+    np.full(n, raw_label, np.uint32).tofile(seq / "labels" / "000000.label")
+    return str(root)
+
+
+def test_label_remap_class_frequencies_are_counted_in_the_target_space(tmp_path, monkeypatch):
+    from common.build import build_criteria, build_dataset, get_task
+
+    monkeypatch.setenv("CDCL_CACHE", str(tmp_path / "cache"))
+    seqs = {"train": [0], "val": [0]}
+    sensor = {"height": 16, "width": 64}
+    # source: every point is trunk (raw 71 -> train id 15), mapped onto target id 0
+    cfg = build_config({
+        "task": "3d", "model": {"name": "salsanext", "width": 0.125},
+        "data": {"target": {"type": "semantickitti", "root": _kitti_tree(tmp_path / "t", 40),
+                            "sequences": seqs, "sensor": sensor, "class_weights": "none"},
+                 "source": {"type": "semantickitti", "root": _kitti_tree(tmp_path / "s", 71),
+                            "sequences": seqs, "sensor": sensor, "class_weights": "computed"}},
+        "strategy": {"name": "label_remap", "label_map": {"source": {15: 0}}},
+    }, source="test")
+    task = get_task(cfg)
+    ds = build_dataset(cfg, "source", "train", True, task)
+    freq = task.class_frequencies("source", cfg.data["source"].as_dict(), ds)
+    assert freq.shape == (19,)
+    assert freq[0] == pytest.approx(1.0) and freq[1:].sum() == 0
+    build_criteria(cfg, {n: build_dataset(cfg, n, "train", True, task) for n in cfg.names}, task)
