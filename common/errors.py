@@ -1,0 +1,22 @@
+"""The errors a user can fix: the ``cdcl`` command prints them as one line
+(exit 2, no traceback; ``-v`` shows the traceback). Anything else is a bug
+and keeps its traceback.
+
+Each is also the builtin type that code catching it before expected, so
+``except ValueError`` around a reader or a config still works.
+"""
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """A problem with the user's input, named in the message (file, key, path)."""
+
+
+class DataError(UserError, ValueError):
+    """A dataset file is unreadable or inconsistent (sizes, NaN points,
+    unknown raw ids, malformed tables), or a split is empty."""
+
+
+class PathError(UserError, OSError):
+    """A path cannot be used as asked: unwritable, a file where a folder is
+    expected, no space left, a work dir owned by another run."""
