@@ -15,10 +15,11 @@ from typing import Any, Dict
 import numpy as np
 import torch
 
+from .errors import UserError
 from .utils import atomic_write_bytes
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint file is missing, truncated or not a cdcl checkpoint."""
 
 

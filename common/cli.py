@@ -172,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cdcl", description="Cross-Dataset Collaborative Learning: one segmentation network, "
                                  "several datasets, dataset-specific BatchNorm and heads.")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging; tracebacks for every error")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
@@ -270,11 +270,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         else:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
     _setup_logging(args.verbose)
-    from .checkpoint import CheckpointError
-    from .config import ConfigError
+    from .errors import UserError
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, CheckpointError, FileNotFoundError, KeyError) as exc:
+    except (UserError, FileNotFoundError, KeyError) as exc:
+        if args.verbose:
+            raise
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"cdcl {args.command}: error: {msg}", file=sys.stderr)
         return 2

@@ -23,8 +23,10 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import yaml
 
+from .errors import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError, ValueError):
     """A configuration file or override is invalid."""
 
 
