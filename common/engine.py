@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from .dataset_specific import route, select_output
+from .dist import is_distributed
 
 Batch = Dict[str, Any]
 Criterion = Callable[[Any, Batch], torch.Tensor]
@@ -30,8 +31,11 @@ Criterion = Callable[[Any, Batch], torch.Tensor]
 class NonFiniteLossError(FloatingPointError):
     """A loss was NaN or inf; the step was not applied."""
 
-    def __init__(self, step: Optional[int], dataset: str, value: float) -> None:
-        super().__init__(f"non-finite loss {value} at step {step} on dataset {dataset!r}; "
+    def __init__(self, step: Optional[int], dataset: str, value: float, elsewhere: bool = False) -> None:
+        # elsewhere: this rank's loss was finite, another DDP rank's was not
+        value = math.nan if elsewhere else value
+        what = "on another process" if elsewhere else str(value)
+        super().__init__(f"non-finite loss {what} at step {step} on dataset {dataset!r}; "
                          "the weights were not updated (set train.on_nonfinite=skip to skip such steps)")
         self.step, self.dataset, self.value = step, dataset, value
 
@@ -83,12 +87,29 @@ def _backward(loss: torch.Tensor, optimizer: torch.optim.Optimizer, model: nn.Mo
         optimizer.step()
 
 
-def _finite(value: float, name: str, step: Optional[int], on_nonfinite: str) -> bool:
-    if math.isfinite(value):
+def _all_finite(losses: Dict[str, float], device: torch.device, step: Optional[int],
+                on_nonfinite: str) -> bool:
+    """True when every loss is finite on every process; else NaN marks each
+    dataset whose loss was not (anywhere) and the step is skipped (False) or
+    :class:`NonFiniteLossError` is raised, by every process alike.
+
+    Under DDP one rank skipping its backward would leave the others waiting in
+    the gradient all-reduce, so the ranks agree first: one MAX all-reduce of a
+    0/1 flag per dataset. A single process pays nothing for it.
+    """
+    bad = [n for n, v in losses.items() if not math.isfinite(v)]
+    if is_distributed():  # every rank holds the same datasets in the same order
+        flags = torch.tensor([float(n in bad) for n in losses], device=device)
+        torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
+        bad = [n for n, flag in zip(losses, flags.tolist()) if flag]
+    if not bad:
         return True
-    if on_nonfinite == "skip":
-        return False
-    raise NonFiniteLossError(step, name, value)
+    if on_nonfinite != "skip":
+        name = bad[0]
+        raise NonFiniteLossError(step, name, losses[name], elsewhere=math.isfinite(losses[name]))
+    for n in bad:
+        losses[n] = math.nan  # marks the datasets that made the step be skipped
+    return False
 
 
 def train_step(
@@ -110,9 +131,11 @@ def train_step(
     Returns each dataset's (unweighted) loss as a float; NaN marks a dataset
     whose non-finite loss made the step be skipped (``on_nonfinite="skip"``).
     With ``on_nonfinite="stop"`` a NaN/inf loss raises
-    :class:`NonFiniteLossError` before any weight changes.
+    :class:`NonFiniteLossError` before any weight changes. Under DDP a
+    non-finite loss on any rank skips (or stops) the step on every rank.
     """
     weights = weights or {}
+    distributed = is_distributed()
     model.train()
     losses: Dict[str, float] = {}
 
@@ -123,10 +146,11 @@ def train_step(
             with route(model, name), autocast():
                 loss = criteria[name](forward(model, batch), batch)
             losses[name] = float(loss.detach())  # the step's one host sync per dataset
-            if not _finite(losses[name], name, step, on_nonfinite):
-                losses[name] = math.nan  # marks the dataset that made the step be skipped
-                return losses
+            if not (math.isfinite(losses[name]) or distributed):
+                break  # alone, no need to run the other forwards; under DDP every rank runs them all
             total = total + weights.get(name, 1.0) * loss
+        if not _all_finite(losses, loss.device, step, on_nonfinite):
+            return losses
         _backward(total, optimizer, model, scaler, clip_grad)
 
     elif mode == "fused":
@@ -139,10 +163,11 @@ def train_step(
             for name, batch in batches.items():
                 loss = criteria[name](select_output(out, name, sizes), batch)
                 losses[name] = float(loss.detach())
-                if not _finite(losses[name], name, step, on_nonfinite):
-                    losses[name] = math.nan
-                    return losses
+                if not (math.isfinite(losses[name]) or distributed):
+                    break
                 total = total + weights.get(name, 1.0) * loss
+        if not _all_finite(losses, loss.device, step, on_nonfinite):
+            return losses
         _backward(total, optimizer, model, scaler, clip_grad)
 
     elif mode == "sequential":
@@ -150,11 +175,11 @@ def train_step(
             optimizer.zero_grad(set_to_none=True)
             with route(model, name), autocast():
                 loss = criteria[name](forward(model, batch), batch)
-            losses[name] = float(loss.detach())
-            if not _finite(losses[name], name, step, on_nonfinite):
-                losses[name] = math.nan
-                continue
-            _backward(weights.get(name, 1.0) * loss, optimizer, model, scaler, clip_grad)
+            this = {name: float(loss.detach())}
+            finite = _all_finite(this, loss.device, step, on_nonfinite)  # NaN-marks a skipped one
+            losses.update(this)
+            if finite:
+                _backward(weights.get(name, 1.0) * loss, optimizer, model, scaler, clip_grad)
 
     else:
         raise ValueError(f"mode must be 'dat', 'fused' or 'sequential', not {mode!r}")

@@ -1,5 +1,6 @@
 """torchrun + DDP (gloo, CPU) with per-dataset synchronised BatchNorm."""
 import json
+import math
 import os
 import subprocess
 import sys
@@ -73,3 +74,108 @@ def test_torchrun_two_processes_equal_single_process_global_batch(tmp_path):
     c = torch.load(tmp_path / "resumed/checkpoints/latest.pth", weights_only=True)["model"]
     for k in a:
         assert torch.equal(a[k], c[k]), k
+
+
+# One rank of a two-process run on the toy task, whose loss on dataset ``a`` is
+# NaN on rank 1 only, at step 5: the other rank sees a finite loss.
+NAN_ON_ONE_RANK = '''
+import logging
+import sys
+
+import torch.distributed as dist
+
+from common.config import load_config
+from common.registry import TASKS
+from common.toy import ToyTask
+from common.trainer import train
+
+
+class NanOnRank1AtStep5(ToyTask):
+    name = "toy_nan_on_rank1"
+
+    def build_criterion(self, name, cfg, dataset, model_cfg):
+        criterion = super().build_criterion(name, cfg, dataset, model_cfg)
+        calls = [0]
+
+        def nan_once(output, batch):
+            loss = criterion(output, batch)
+            calls[0] += 1  # once per step in every mode
+            if name == "a" and dist.get_rank() == 1 and calls[0] == 6:
+                loss = loss * float("nan")
+            return loss
+
+        return nan_once
+
+
+logging.basicConfig(level=logging.INFO)
+TASKS.register("toy_nan_on_rank1", NanOnRank1AtStep5())
+train(load_config(sys.argv[1], sys.argv[3:]), sys.argv[2])
+'''
+
+
+def _run_two_ranks(tmp_path, overrides, timeout=120):
+    """Both ranks of ``NAN_ON_ONE_RANK`` as plain processes (no torchrun, so each
+    rank's exit status and stderr are its own); a rank still running after
+    ``timeout`` seconds (a deadlock) fails the test, and both are killed."""
+    import socket
+    import time
+
+    script, cfg = tmp_path / "nan_on_one_rank.py", tmp_path / "cfg.yaml"
+    script.write_text(NAN_ON_ONE_RANK)
+    cfg.write_text(CFG.replace("task: toy", "task: toy_nan_on_rank1").replace("BS", "2"))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs, logs = [], []
+    for r in range(2):
+        env = dict(os.environ, OMP_NUM_THREADS="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
+                   RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE="2")
+        logs.append(open(tmp_path / f"rank{r}.txt", "w+"))
+        procs.append(subprocess.Popen([sys.executable, str(script), str(cfg), str(tmp_path / "run"),
+                                       *overrides], env=env, stdout=logs[-1], stderr=subprocess.STDOUT))
+    deadline = time.monotonic() + timeout
+    try:
+        for p in procs:
+            p.wait(timeout=max(1.0, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        pass
+    hung = [r for r, p in enumerate(procs) if p.poll() is None]
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    outputs = []
+    for f in logs:
+        f.seek(0)
+        outputs.append(f.read())
+        f.close()
+    assert not hung, f"rank(s) {hung} still running after {timeout} s (deadlock)\n" + \
+        "\n".join(f"--- rank {r}\n{o[-3000:]}" for r, o in enumerate(outputs))
+    return [p.returncode for p in procs], outputs
+
+
+@pytest.mark.parametrize("mode", ["dat", "fused", "sequential"])
+def test_nan_loss_on_one_rank_is_skipped_by_every_rank(tmp_path, mode):
+    if not dist.is_available():
+        pytest.skip("this torch build has no torch.distributed (some macOS/Windows wheels)")
+    codes, out = _run_two_ranks(tmp_path, ["train.on_nonfinite=skip", f"train.mode={mode}",
+                                           "train.iterations=8", "train.checkpoint_every=100"])
+    assert codes == [0, 0], "\n".join(o[-3000:] for o in out)
+    log = [json.loads(l) for l in open(tmp_path / "run/log.jsonl")]
+    train_recs = [x for x in log if x["type"] == "train"]
+    assert [x["step"] for x in train_recs] == list(range(1, 9))  # one record per step
+    skipped = [x for x in train_recs if x["skipped"]]
+    assert [x["step"] for x in skipped] == [6]  # step 5, logged once, after it ran
+    assert math.isnan(skipped[0]["loss/a"]) and math.isfinite(skipped[0]["loss/b"])
+    assert out[0].count("step 5 skipped") == 1 and "skipped" not in out[1]
+    ddp_rec = [x for x in log if x["type"] == "ddp"]
+    assert ddp_rec and ddp_rec[0]["replicas_identical"]
+
+
+def test_nan_loss_on_one_rank_stops_every_rank(tmp_path):
+    if not dist.is_available():
+        pytest.skip("this torch build has no torch.distributed (some macOS/Windows wheels)")
+    codes, out = _run_two_ranks(tmp_path, ["train.on_nonfinite=stop", "train.iterations=8"])
+    for r in range(2):
+        assert codes[r] != 0 and "NonFiniteLossError" in out[r], f"rank {r}:\n{out[r][-3000:]}"
+    assert "step 5 on dataset 'a'" in out[1]
