@@ -112,6 +112,23 @@ def _all_finite(losses: Dict[str, float], device: torch.device, step: Optional[i
     return False
 
 
+class _NormState:
+    """The running statistics of every norm layer, kept so that a skipped
+    step can put them back: a non-finite batch's forward pass has already
+    folded NaN into them, and every later step would be NaN too. A few KB
+    per network, copied only under ``on_nonfinite="skip"``."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.buffers = [b for m in model.modules() if isinstance(m, nn.modules.batchnorm._NormBase)
+                        for b in m.buffers(recurse=False)]
+        self.saved = [b.detach().clone() for b in self.buffers]
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        for b, s in zip(self.buffers, self.saved):
+            b.copy_(s)
+
+
 def train_step(
     model: nn.Module,
     batches: Mapping[str, Batch],
@@ -139,6 +156,8 @@ def train_step(
     model.train()
     losses: Dict[str, float] = {}
 
+    keep = on_nonfinite == "skip" and mode != "sequential"
+    norms = _NormState(model) if keep else None
     if mode == "dat":
         optimizer.zero_grad(set_to_none=True)
         total = 0.0
@@ -150,6 +169,7 @@ def train_step(
                 break  # alone, no need to run the other forwards; under DDP every rank runs them all
             total = total + weights.get(name, 1.0) * loss
         if not _all_finite(losses, loss.device, step, on_nonfinite):
+            norms.restore()
             return losses
         _backward(total, optimizer, model, scaler, clip_grad)
 
@@ -167,12 +187,14 @@ def train_step(
                     break
                 total = total + weights.get(name, 1.0) * loss
         if not _all_finite(losses, loss.device, step, on_nonfinite):
+            norms.restore()
             return losses
         _backward(total, optimizer, model, scaler, clip_grad)
 
     elif mode == "sequential":
         for name, batch in batches.items():
             optimizer.zero_grad(set_to_none=True)
+            norms = _NormState(model) if on_nonfinite == "skip" else None
             with route(model, name), autocast():
                 loss = criteria[name](forward(model, batch), batch)
             this = {name: float(loss.detach())}
@@ -180,6 +202,8 @@ def train_step(
             losses.update(this)
             if finite:
                 _backward(weights.get(name, 1.0) * loss, optimizer, model, scaler, clip_grad)
+            else:
+                norms.restore()
 
     else:
         raise ValueError(f"mode must be 'dat', 'fused' or 'sequential', not {mode!r}")

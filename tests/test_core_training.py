@@ -225,3 +225,18 @@ def test_bf16_autocast_and_gradient_clipping(tmp_path):
     recs = [json.loads(l) for l in open(tmp_path / "bf16/log.jsonl") if '"train"' in l]
     assert all(r["loss/a"] == r["loss/a"] and r["loss/b"] == r["loss/b"] for r in recs)
     assert set(res) == {"a", "b"}
+
+
+@pytest.mark.parametrize("mode", ["dat", "fused", "sequential"])
+def test_skipped_step_leaves_batchnorm_statistics_untouched(tmp_path, mode):
+    """A NaN batch's forward must not leave NaN running statistics behind:
+    the step is skipped as a whole, or every later step would be NaN too."""
+    cfg = toy_cfg(tmp_path, iterations=6, on_nonfinite="skip", mode=mode)
+    cfg.data["b"].params.update(nan_at=0, size=6)  # batch size 3: one bad batch per epoch
+    train(cfg, str(tmp_path / "skip"))
+    recs = [json.loads(l) for l in open(tmp_path / "skip/log.jsonl") if '"train"' in l]
+    skipped = [r["step"] for r in recs if r["skipped"]]
+    assert 0 < len(skipped) < len(recs)
+    assert all(r["loss/b"] == r["loss/b"] for r in recs if not r["skipped"])  # finite after a skip
+    state = load_checkpoint(str(tmp_path / "skip/checkpoints/latest.pth"))["model"]
+    assert all(torch.isfinite(v).all() for k, v in state.items() if "running" in k)
