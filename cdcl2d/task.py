@@ -19,7 +19,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -41,7 +41,9 @@ DEFAULT_CROP = (512, 512)
 def collate(items: List[Dict[str, Any]]) -> Batch:
     """Stack items into a batch; images of different sizes are padded at the
     bottom/right (inputs with 0 = the normalised mean, labels with 255), and
-    ``sizes`` keeps each item's own (H, W)."""
+    ``sizes`` keeps each item's own (H, W). The padding only stores the batch:
+    :meth:`ImageTask.forward` and :meth:`ImageTask.predict_batch` run the
+    network on each size's items unpadded (see :func:`by_size`)."""
     h = max(int(it["inputs"].shape[-2]) for it in items)
     w = max(int(it["inputs"].shape[-1]) for it in items)
     inputs = items[0]["inputs"].new_zeros(len(items), items[0]["inputs"].shape[0], h, w)
@@ -62,6 +64,49 @@ def collate(items: List[Dict[str, Any]]) -> Batch:
     if labels is not None:
         batch["labels"] = labels  # (B, H, W)
     return batch
+
+
+def size_groups(sizes: Sequence[Tuple[int, int]]) -> List[Tuple[Tuple[int, int], List[int]]]:
+    """``[((H, W), [item indices]), ...]``: the items of each distinct size, in
+    order of first appearance."""
+    groups: Dict[Tuple[int, int], List[int]] = {}
+    for i, size in enumerate(sizes):
+        groups.setdefault((int(size[0]), int(size[1])), []).append(i)
+    return list(groups.items())
+
+
+def by_size(fn: Callable[[torch.Tensor], Any], inputs: torch.Tensor,
+            sizes: Optional[Sequence[Tuple[int, int]]] = None, fill: float = 0) -> Any:
+    """``fn(inputs)`` on a collated batch ``(B, C, H, W)`` without letting its
+    padding in.
+
+    When every item fills the batch (``sizes`` None or all ``(H, W)``: training
+    crops, range images, ``eval_size``) this is one call. Otherwise ``fn`` runs
+    once per size on those items cropped to it, so that zero padding reaches
+    neither BatchNorm statistics (train mode, precise BN) nor pooling (PSPNet's
+    global bin), and an image's result does not depend on its batch mates.
+    ``fn`` returns tensors ``(b, ..., h, w)`` (or a dict of them); they are put
+    back into a batch ``(B, ..., H, W)`` whose padding holds ``fill``.
+    """
+    if not sizes or all(tuple(s) == tuple(inputs.shape[-2:]) for s in sizes):
+        return fn(inputs)
+    out = None
+    for (h, w), index in size_groups(sizes):
+        out = _place(out, fn(inputs[index, :, :h, :w]), index, len(sizes), inputs.shape[-2:], fill)
+    return out
+
+
+def _place(dst: Any, src: Any, index: List[int], batch: int, size, fill: float) -> Any:
+    """Write the items ``index`` of a batch (tensor or dict of tensors) into ``dst``."""
+    if isinstance(src, dict):
+        dst = dst if dst is not None else {}
+        return {k: _place(dst.get(k), v, index, batch, size, fill) for k, v in src.items()}
+    if not isinstance(src, torch.Tensor):
+        raise TypeError(f"by_size: outputs must be tensors or dicts of tensors, got {type(src).__name__}")
+    if dst is None:
+        dst = src.new_full((batch, *src.shape[1:-2], *size), fill)
+    dst[index, ..., :src.shape[-2], :src.shape[-1]] = src
+    return dst
 
 
 class ImageTask(Task):
@@ -152,7 +197,9 @@ class ImageTask(Task):
         return criterion
 
     def forward(self, model: nn.Module, batch: Batch):
-        return model(batch["inputs"])
+        """``model(inputs)``; a batch of several image sizes runs once per size
+        (:func:`by_size`), its outputs padded back with 0 where labels are 255."""
+        return by_size(model, batch["inputs"], batch.get("sizes"))
 
     # -- evaluation ---------------------------------------------------------------
     @staticmethod
@@ -163,13 +210,16 @@ class ImageTask(Task):
         return fn
 
     @torch.no_grad()
-    def predict_batch(self, model: nn.Module, inputs: torch.Tensor, options: Dict[str, Any]) -> torch.Tensor:
-        """Train-id predictions ``(B, H, W)`` under the inference ``options``."""
+    def predict_batch(self, model: nn.Module, inputs: torch.Tensor, options: Dict[str, Any],
+                      sizes: Optional[Sequence[Tuple[int, int]]] = None) -> torch.Tensor:
+        """Train-id predictions ``(B, H, W)`` under the inference ``options``;
+        with ``sizes`` (a collated batch's) each image is predicted unpadded and
+        its padding holds 0."""
         from .inference import infer, inference_options
 
         opts = inference_options(options)
-        scores = infer(self._logits_fn(model), inputs, **opts)  # (B, K, H, W)
-        return scores.argmax(1)
+        logits_fn = self._logits_fn(model)
+        return by_size(lambda x: infer(logits_fn, x, **opts).argmax(1), inputs, sizes)  # (B, H, W)
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, loader, name: str, dataset, device: torch.device,
@@ -184,7 +234,7 @@ class ImageTask(Task):
             batch = to_device(batch, device)
             if "labels" not in batch:
                 raise ValueError(f"{name}: the evaluation split has no labels")
-            pred = self.predict_batch(model, batch["inputs"], cfg)
+            pred = self.predict_batch(model, batch["inputs"], cfg, batch.get("sizes"))
             cm.update(pred, batch["labels"])  # padding carries label 255
         return {"dense": cm}
 
@@ -213,7 +263,7 @@ class ImageTask(Task):
         written = 0
         for batch in loader:
             inputs = to_device(batch["inputs"], device)
-            pred = self.predict_batch(model, inputs, cfg).cpu()  # (B, H, W) train ids
+            pred = self.predict_batch(model, inputs, cfg, batch["sizes"]).cpu()  # (B, H, W) train ids
             for i, sample_id in enumerate(batch["id"]):
                 h, w = batch["sizes"][i]
                 p = pred[i, :h, :w]

@@ -7,12 +7,15 @@ run the chosen dataset branch over the new data in train mode with momentum
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, Iterable, Optional
+import logging
+from typing import Any, Callable, Dict, Hashable, Iterable, Iterator, List, Optional
 
 import torch
 from torch import nn
 
 from .dataset_specific import route
+
+logger = logging.getLogger(__name__)
 
 
 @torch.no_grad()
@@ -48,11 +51,50 @@ def update_bn_stats(model: nn.Module, loader: Iterable, forward: Callable[[nn.Mo
     return used
 
 
+def _unbatched(item: Any) -> Any:
+    return item
+
+
+def equal_size_batches(dataset, batch_size: int, collate_fn: Optional[Callable] = None,
+                       shuffle: bool = False, generator: Optional[torch.Generator] = None) -> Iterator[Any]:
+    """Batches of ``dataset`` whose items all have one input shape.
+
+    Collating images of different sizes pads them, and padding would enter
+    the recomputed statistics; so each item goes to the pending batch of its
+    ``inputs`` shape (items without an ``inputs`` tensor share one), which is
+    collated once it holds ``batch_size`` items. With one shape (range images,
+    resized images) these are exactly the batches of ``DataLoader(dataset,
+    batch_size, shuffle, generator=generator)``, its last partial batch
+    included. With several, partial leftovers come last and a leftover of one
+    item is skipped: train-mode BatchNorm cannot take statistics from one
+    image's global pooling bin (one value per channel).
+    """
+    from torch.utils.data import DataLoader
+    from torch.utils.data.dataloader import default_collate
+
+    collate_fn = collate_fn or default_collate
+    items = DataLoader(dataset, batch_size=None, shuffle=shuffle, generator=generator, collate_fn=_unbatched)
+    pending: Dict[Hashable, List[Any]] = {}
+    shapes = set()
+    for item in items:
+        inputs = item.get("inputs") if isinstance(item, dict) else None
+        key = tuple(inputs.shape) if isinstance(inputs, torch.Tensor) else None
+        shapes.add(key)
+        bucket = pending.setdefault(key, [])
+        bucket.append(item)
+        if len(bucket) == batch_size:
+            yield collate_fn(pending.pop(key))
+    for key, bucket in pending.items():
+        if len(bucket) == 1 and len(shapes) > 1 and batch_size > 1:
+            logger.info("precise BN: skipping a lone item of input shape %s (no other item of its size left)",
+                        key)
+            continue
+        yield collate_fn(bucket)
+
+
 def precise_bn_from_args(args) -> int:
     """``cdcl precise-bn CONFIG --checkpoint C --dataset D [--branch B] --out NEW``."""
     import copy
-
-    from torch.utils.data import DataLoader
 
     from .build import build_dataset, get_task
     from .checkpoint import load_checkpoint, save_checkpoint
@@ -69,9 +111,10 @@ def precise_bn_from_args(args) -> int:
         raise KeyError(f"unknown dataset {args.dataset!r}; the config has {list(cfg.data)}")
     branch = args.branch or cfg.branch_of(args.dataset)
     ds = build_dataset(cfg, args.dataset, cfg.data[args.dataset].train_split, False, task)
-    loader = DataLoader(ds, batch_size=cfg.data[args.dataset].batch_size, shuffle=True,
-                        collate_fn=task.collate_fn(args.dataset, cfg.data[args.dataset].as_dict()),
-                        generator=torch.Generator().manual_seed(cfg.train.seed))
+    # Whole images (eval transform) may differ in size (KITTI): batch equal sizes only.
+    loader = equal_size_batches(ds, cfg.data[args.dataset].batch_size,
+                                task.collate_fn(args.dataset, cfg.data[args.dataset].as_dict()),
+                                shuffle=True, generator=torch.Generator().manual_seed(cfg.train.seed))
     # Only the chosen branch must change: update a collapsed copy, then copy
     # its statistics back into that branch.
     plain = collapse(model, branch) if dataset_names(model) else copy.deepcopy(model)
