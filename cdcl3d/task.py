@@ -6,7 +6,10 @@ or voxels (sparse U-Net) → per-dataset losses, point-wise evaluation, submissi
 * ``type``: ``semantickitti`` or ``nuscenes``; ``version`` (nuScenes tables,
   default ``v1.0-trainval``); ``sequences`` (SemanticKITTI, overrides the split).
 * ``sensor``: range-projection overrides on top of the sensor defaults
-  (``height``, ``width``, ``fov_up``, ``fov_down``, ``use_ring``, ``means``, ``stds``).
+  (``height``, ``width``, ``fov_up``, ``fov_down``, ``use_ring``, ``means``, ``stds``,
+  ``ego_radius``: points with ``|x|`` and ``|y|`` below it, in metres, stay out of the
+  range image but are still predicted; nuScenes 1.0 (its ego vehicle, as the devkit's
+  ``remove_close``), SemanticKITTI 0 = off).
 * ``augment``: point augmentation for training (``rotate``, ``flip_x``,
   ``flip_y``, ``scale``, ``jitter``, ``dropout``) or ``null``.
 * ``class_weights``: ``content`` (SemanticKITTI's published point shares),
@@ -24,7 +27,7 @@ import hashlib
 import json
 import logging
 import os
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 import torch
@@ -37,20 +40,43 @@ from common.utils import to_device
 
 logger = logging.getLogger(__name__)
 
-_LIDAR_KEYS = {"version", "sequences", "sensor", "augment", "class_weights", "representation",
-               "voxel_size", "intensity_scale", "lovasz_weight"}
+#: ``data.<name>`` keys of the LiDAR task beyond the core's, with their types;
+#: ``sensor`` and ``augment`` are checked against what they are handed to
+_LIDAR_KEYS: Dict[str, Any] = {
+    "version": str, "sequences": Dict[str, List[str]], "sensor": Optional[Dict[str, Any]],
+    "augment": Optional[Dict[str, Any]], "class_weights": str, "representation": str,
+    "voxel_size": float, "intensity_scale": float, "lovasz_weight": float,
+}
 DATASET_TYPES = ("semantickitti", "nuscenes")
+REPRESENTATIONS = ("range", "voxel")
+CLASS_WEIGHTS = ("content", "computed", "none")
 
 
-def _check_keys(name: str, cfg: Dict[str, Any]) -> None:
-    from common.config import ConfigError
+def _check_keys(name: str, cfg: Dict[str, Any], source: str = "") -> None:
+    """``data.<name>`` of the LiDAR task, keys and values, without reading files."""
+    from common.config import ConfigError, check_kwargs, check_options
 
-    for k in cfg:
-        if k not in DATA_KEYS and k not in _LIDAR_KEYS:
-            raise ConfigError(f"unknown key 'data.{name}.{k}'; valid keys: "
-                              f"{', '.join(sorted(set(DATA_KEYS) | _LIDAR_KEYS))}")
+    from .augment import augment_points
+    from .projection import RangeProjection
+
+    at = f"{source}: " if source else ""
+    extra = {k: v for k, v in cfg.items() if k not in DATA_KEYS}
+    check_options(extra, _LIDAR_KEYS, f"data.{name}", source)
     if cfg.get("type") not in DATASET_TYPES:
-        raise ConfigError(f"'data.{name}.type' must be one of {DATASET_TYPES}, got {cfg.get('type')!r}")
+        raise ConfigError(f"{at}'data.{name}.type' must be one of {DATASET_TYPES}, got {cfg.get('type')!r}")
+    # the sensor keys are RangeProjection's parameters, the augment keys augment_points'
+    check_kwargs(RangeProjection.__init__, cfg.get("sensor") or {}, f"data.{name}.sensor", source)
+    check_kwargs(augment_points, cfg.get("augment") or {}, f"data.{name}.augment", source,
+                 reserved=("points", "rng"))
+    for key, valid in (("representation", REPRESENTATIONS), ("class_weights", CLASS_WEIGHTS)):
+        if key in cfg and cfg[key] not in valid:
+            raise ConfigError(f"{at}'data.{name}.{key}' is {cfg[key]!r}; valid: {', '.join(valid)}")
+    if cfg.get("class_weights") == "content" and cfg["type"] != "semantickitti":
+        raise ConfigError(f"{at}'data.{name}.class_weights' content exists only for SemanticKITTI "
+                          "(its published point shares); use computed")
+    for key in ("voxel_size", "intensity_scale"):
+        if key in cfg and not cfg[key] > 0:
+            raise ConfigError(f"{at}'data.{name}.{key}' must be > 0, got {cfg[key]!r}")
 
 
 def sensor_of(cfg: Dict[str, Any]) -> Dict[str, Any]:
@@ -119,6 +145,23 @@ class _PointsOnly(torch.utils.data.Dataset):
 
 class LidarTask(Task):
     name = "3d"
+    eval_option_types = {"knn": bool, "knn_search": int, "knn_k": int, "knn_sigma": float,
+                         "knn_cutoff": float}
+
+    # -- config -----------------------------------------------------------------------
+    def check_data(self, name, cfg, source=""):
+        _check_keys(name, cfg, source)
+
+    def check_config(self, cfg):
+        super().check_config(cfg)
+        if cfg.train.mode == "fused":
+            voxel = [n for n in cfg.names if cfg.data[n].params.get("representation", "range") == "voxel"]
+            if voxel or cfg.model.get("name") == "sparse_unet":
+                from common.config import ConfigError
+                raise ConfigError(f"{cfg.source}: 'train.mode' fused runs one forward over the datasets' "
+                                  f"batches stacked into one tensor; the sparse network ("
+                                  f"{'data.' + voxel[0] + '.representation: voxel' if voxel else 'sparse_unet'})"
+                                  f" has no such input: use dat or sequential")
 
     # -- data -----------------------------------------------------------------------
     def build_dataset(self, name, cfg, split, train):
@@ -184,13 +227,15 @@ class LidarTask(Task):
         reader, remap = unwrap_dataset(dataset)
         if mode == "content":
             if cfg["type"] != "semantickitti":
-                raise ValueError(f"data.{name}.class_weights=content exists only for SemanticKITTI")
+                from common.config import ConfigError
+                raise ConfigError(f"'data.{name}.class_weights' content exists only for SemanticKITTI")
             from .datasets.labelmap import SemanticKittiLabelMap
             freq = SemanticKittiLabelMap().content_by_train_id()
         elif mode == "computed":
             freq = self._counted_frequencies(name, cfg, reader)
         else:
-            raise ValueError(f"data.{name}.class_weights must be content, computed or none, not {mode!r}")
+            from common.config import ConfigError
+            raise ConfigError(f"'data.{name}.class_weights' must be content, computed or none, not {mode!r}")
         return remap.map_frequencies(freq) if remap is not None else np.asarray(freq)
 
     @staticmethod

@@ -39,12 +39,15 @@ def build_dataset(cfg: Config, name: str, split: str, train: bool, task: Optiona
     """Dataset ``name`` for ``split``; label-remapped for the label_remap strategy."""
     task = task or get_task(cfg)
     ds = task.build_dataset(name, cfg.data[name].as_dict(), split, train)
-    if cfg.strategy.name == "label_remap" and name != cfg.names[0]:
+    first = cfg.names[0]
+    if cfg.strategy.name == "label_remap" and name != first:
+        target = task.build_dataset(first, cfg.data[first].as_dict(), cfg.data[first].val_split, False)
         if name not in cfg.strategy.label_map:
-            raise ConfigError(f"{cfg.source}: strategy label_remap needs 'strategy.label_map.{name}' "
-                              f"(ids of {name} → ids of {cfg.names[0]})")
-        target = task.build_dataset(cfg.names[0], cfg.data[cfg.names[0]].as_dict(),
-                                    cfg.data[cfg.names[0]].val_split, False)
+            # an unseen dataset without a table: its labels must already be A's
+            if name in cfg.names or num_classes_of(ds) != num_classes_of(target):
+                raise ConfigError(f"{cfg.source}: strategy label_remap needs 'strategy.label_map.{name}' "
+                                  f"(ids of {name} → ids of {first})")
+            return ds
         lut = build_label_lut(cfg.strategy.label_map[name], ds.ignore_index)
         ds = RemapLabels(ds, lut, target.class_names)
     return ds

@@ -1,6 +1,8 @@
 """Experiment configuration: YAML → ``_base_`` inheritance → overrides → dataclasses.
 
-* ``yaml.safe_load`` only.
+* YAML through a ``yaml.SafeLoader`` (:func:`safe_load`) that also reads
+  ``1e-3`` as a float (YAML 1.2; 1.1 reads it as a string) and refuses
+  aliases that expand beyond :data:`MAX_YAML_NODES` nodes (an alias bomb).
 * ``_base_: path`` or a list of paths (relative to the file); the file's own
   keys are merged over its bases: dicts merge recursively, lists and scalars
   are replaced.
@@ -10,13 +12,18 @@
 
 Free-form sections that belong to a task are ``model`` (the builder's keyword
 arguments; the task checks them against the builder's signature), the extra
-keys of each ``data.<name>`` entry and ``eval.options``.
+keys of each ``data.<name>`` entry and ``eval.options``; the task checks them
+(:meth:`common.task.Task.check_config`) when the config is built, before any
+work starts.
 """
 from __future__ import annotations
 
+import collections.abc
 import copy
 import dataclasses
+import math
 import os
+import re
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence
@@ -145,6 +152,57 @@ class Config:
 
 # -- loading ------------------------------------------------------------------------
 
+#: most nodes a YAML document may expand to, aliases counted in full (a config
+#: has hundreds; "a billion laughs" has 10^9)
+MAX_YAML_NODES = 100_000
+
+
+class _Loader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` + YAML 1.2 floats without a dot (``1e-3``) + a bound on
+    what aliases expand to."""
+
+    def get_single_node(self):
+        node = super().get_single_node()
+        if node is not None:
+            _check_expanded_size(node)
+        return node
+
+
+_Loader.add_implicit_resolver(  # appended after 1.1's float rule, which needs a dot
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+$"), list("-+0123456789"))
+
+
+def _check_expanded_size(root: yaml.Node) -> None:
+    sizes: Dict[int, int] = {}
+    open_: set = set()
+
+    def size(node: yaml.Node) -> int:
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in open_:
+            raise yaml.YAMLError(f"recursive alias at {node.start_mark}".strip())
+        open_.add(key)
+        n = 1
+        if isinstance(node, yaml.MappingNode):
+            n += sum(size(k) + size(v) for k, v in node.value)
+        elif isinstance(node, yaml.SequenceNode):
+            n += sum(size(v) for v in node.value)
+        open_.discard(key)
+        if n > MAX_YAML_NODES:
+            raise yaml.YAMLError(f"aliases expand to more than {MAX_YAML_NODES:,} nodes "
+                                 f"(an alias bomb?) at {node.start_mark}".strip())
+        sizes[key] = n
+        return n
+
+    size(root)
+
+
+def safe_load(stream: Any) -> Any:
+    """``yaml.safe_load`` with the loader above (a ``SafeLoader``: plain data only)."""
+    return yaml.load(stream, Loader=_Loader)  # noqa: S506 -- _Loader is a SafeLoader
+
+
 def _merge(base: Dict[str, Any], over: Dict[str, Any]) -> Dict[str, Any]:
     out = copy.deepcopy(base)
     for k, v in over.items():
@@ -162,16 +220,23 @@ def load_yaml(path: str, _seen: Sequence[str] = ()) -> Dict[str, Any]:
         raise ConfigError(f"{path}: circular _base_ chain: {' -> '.join(_seen)}")
     if not os.path.isfile(path):
         raise ConfigError(f"config file not found: {path}")
-    with open(path, encoding="utf-8") as f:
-        try:
-            raw = yaml.safe_load(f) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    try:
+        with open(path, encoding="utf-8") as f:
+            raw = safe_load(f) or {}
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text file (a YAML config is UTF-8 text)") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: not valid YAML: nested too deeply") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: top level must be a mapping, got {type(raw).__name__}")
     bases = raw.pop("_base_", [])
     if isinstance(bases, str):
         bases = [bases]
+    if not isinstance(bases, list) or not all(isinstance(b, str) and b for b in bases):
+        raise ConfigError(f"{path}: '_base_' must be a path or a list of paths "
+                          f"(relative to this file), got {bases!r}")
     merged: Dict[str, Any] = {}
     for b in bases:
         merged = _merge(merged, load_yaml(os.path.join(os.path.dirname(path), b), (*_seen, path)))
@@ -187,9 +252,11 @@ def apply_overrides(d: Dict[str, Any], overrides: Sequence[str], source: str = "
         key, value = item.split("=", 1)
         parts = key.strip().split(".")
         try:
-            parsed = yaml.safe_load(value) if value != "" else ""
+            parsed = safe_load(value) if value != "" else ""
         except yaml.YAMLError:
             parsed = value
+        except RecursionError:
+            raise ConfigError(f"override {key!r}: value nested too deeply") from None
         node = d
         for p in parts[:-1]:
             if p not in node:
@@ -203,16 +270,22 @@ def apply_overrides(d: Dict[str, Any], overrides: Sequence[str], source: str = "
 
 def _type_ok(value: Any, tp: Any) -> bool:
     origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
     if tp is Any:
         return True
     if origin is typing.Union:
-        return any(_type_ok(value, a) for a in typing.get_args(tp))
+        return any(_type_ok(value, a) for a in args)
     if tp is type(None):
         return value is None
     if origin in (dict, Dict):
         return isinstance(value, dict)
-    if origin in (list, List):
-        return isinstance(value, list)
+    if origin in (list, List, tuple, collections.abc.Sequence) or tp in (list, tuple):
+        # YAML has lists only: a list stands for a tuple or a sequence
+        if not isinstance(value, (list, tuple)):
+            return False
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            return len(value) == len(args) and all(_type_ok(v, a) for v, a in zip(value, args))
+        return not args or all(_type_ok(v, args[0]) for v in value)
     if tp is float:
         return isinstance(value, (int, float)) and not isinstance(value, bool)
     if tp is int:
@@ -220,6 +293,19 @@ def _type_ok(value: Any, tp: Any) -> bool:
     if isinstance(tp, type):
         return isinstance(value, tp)
     return True
+
+
+def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is typing.Union:
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if tp is type(None):
+        return "null"
+    if typing.get_origin(tp) in (list, List, tuple, collections.abc.Sequence):
+        args = [a for a in typing.get_args(tp) if a is not Ellipsis]
+        inner = f" of {_type_name(args[0])}" if args and len(set(args)) == 1 else ""
+        return f"a list{inner}" + (f" ({len(args)} values)" if typing.get_origin(tp) is tuple
+                                   and Ellipsis not in typing.get_args(tp) and len(args) > 1 else "")
+    return getattr(tp, "__name__", str(tp))
 
 
 def _build(cls, d: Any, where: str, source: str, extra_to: Optional[str] = None):
@@ -239,9 +325,13 @@ def _build(cls, d: Any, where: str, source: str, extra_to: Optional[str] = None)
             valid = ", ".join(sorted(fields))
             raise ConfigError(f"{source}: unknown key '{where}.{k}'; valid keys in '{where}': {valid}")
         if not _type_ok(v, hints[k]):
-            raise ConfigError(f"{source}: '{where}.{k}' must be {getattr(hints[k], '__name__', hints[k])}, "
-                              f"got {v!r}")
-        kwargs[k] = float(v) if hints[k] is float else v
+            raise ConfigError(f"{source}: '{where}.{k}' must be {_type_name(hints[k])}, got {v!r}")
+        if hints[k] is float or (v is not None and typing.get_origin(hints[k]) is typing.Union
+                                 and float in typing.get_args(hints[k])):
+            v = float(v)
+            if not math.isfinite(v):
+                raise ConfigError(f"{source}: '{where}.{k}' must be a finite number, got {v!r}")
+        kwargs[k] = v
     for name, f in fields.items():
         if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING \
                 and name not in kwargs and name != extra_to:
@@ -278,7 +368,52 @@ def build_config(d: Dict[str, Any], source: str = "<dict>") -> Config:
     cfg = Config(task=str(d["task"]), model=dict(d["model"]), data=datasets, strategy=strategy,
                  train=train, eval=ev, source=source)
     validate(cfg)
+    _check_with_task(cfg)
     return cfg
+
+
+def _check_with_task(cfg: Config) -> None:
+    """The task's own sections, checked by the task (an unknown task is
+    reported where the task is looked up)."""
+    from .registry import TASKS, load_plugins
+
+    load_plugins()
+    if cfg.task in TASKS.names():
+        TASKS.get(cfg.task).check_config(cfg)
+
+
+#: numeric limits, one row per key: (key, lowest, lowest allowed itself, highest);
+#: ``data.*`` applies to every dataset, None values (unset options) pass
+LIMITS = (
+    ("train.iterations", 1, True, None), ("train.lr", 0, False, None),
+    ("train.momentum", 0, True, 1), ("train.weight_decay", 0, True, None),
+    ("train.poly_power", 0, True, None), ("train.warmup_iters", 0, True, None),
+    ("train.warmup_ratio", 0, True, 1), ("train.clip_grad", 0, False, None),
+    ("train.eval_every", 0, True, None), ("train.checkpoint_every", 1, True, None),
+    ("train.keep_checkpoints", 0, True, None), ("train.log_every", 1, True, None),
+    ("train.threads", 1, True, None), ("strategy.switch_at", 1, True, None),
+    ("data.*.batch_size", 1, True, None), ("data.*.num_workers", 0, True, None),
+    ("data.*.loss_weight", 0, True, None), ("data.*.num_classes", 1, True, None),
+    ("eval.batch_size", 1, True, None), ("eval.num_workers", 0, True, None),
+    ("eval.max_samples", 1, True, None),
+)
+
+
+def _check_limits(cfg: Config) -> None:
+    for key, lo, lo_ok, hi in LIMITS:
+        section, *rest = key.split(".")
+        if section == "data":
+            owners = [(f"data.{n}.{rest[-1]}", d) for n, d in cfg.data.items()]
+        else:
+            owners = [(key, getattr(cfg, section))]
+        for where, owner in owners:
+            v = getattr(owner, rest[-1])
+            if v is None:
+                continue
+            ok = (v >= lo if lo_ok else v > lo) and (hi is None or v <= hi)
+            if not ok:
+                want = f"{'>=' if lo_ok else '>'} {lo}" + (f" and <= {hi}" if hi is not None else "")
+                raise ConfigError(f"{cfg.source}: '{where}' must be {want}, got {v!r}")
 
 
 def validate(cfg: Config) -> None:
@@ -292,29 +427,43 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"{src}: 'train.amp' must be none, bf16 or fp16")
     if cfg.train.on_nonfinite not in ("stop", "skip"):
         raise ConfigError(f"{src}: 'train.on_nonfinite' must be stop or skip")
-    if cfg.train.iterations < 1:
-        raise ConfigError(f"{src}: 'train.iterations' must be >= 1")
-    n = len(cfg.data)
-    if cfg.strategy.name == "single" and n != 1:
-        raise ConfigError(f"{src}: strategy 'single' needs exactly one dataset under 'data', got {cfg.names}")
-    if cfg.strategy.name in ("finetune", "label_remap") and n != 2:
-        raise ConfigError(f"{src}: strategy '{cfg.strategy.name}' needs two datasets (A then B), got {cfg.names}")
-    if cfg.strategy.name == "finetune" and not cfg.strategy.switch_at:
-        raise ConfigError(f"{src}: strategy 'finetune' needs 'strategy.switch_at' (iterations on the first dataset)")
-    if cfg.strategy.name == "label_remap":
-        for name in cfg.strategy.label_map:
-            if name not in cfg.data:
-                raise ConfigError(f"{src}: 'strategy.label_map.{name}' names no dataset; datasets: {cfg.names}")
+    _check_limits(cfg)
     for name, dc in cfg.data.items():
         if dc.branch is not None and dc.branch not in cfg.names:
             raise ConfigError(f"{src}: 'data.{name}.branch' is {dc.branch!r}; trained datasets: {cfg.names}")
     if not cfg.names:
         raise ConfigError(f"{src}: every dataset under 'data' has a 'branch': nothing to train")
+    n = len(cfg.names)  # trained datasets; unseen ones (branch:) are served by them
+    if cfg.strategy.name == "single" and n != 1:
+        raise ConfigError(f"{src}: strategy 'single' needs exactly one trained dataset under 'data', "
+                          f"got {cfg.names}")
+    if cfg.strategy.name in ("finetune", "label_remap") and n != 2:
+        raise ConfigError(f"{src}: strategy '{cfg.strategy.name}' needs two trained datasets (A then B), "
+                          f"got {cfg.names}")
+    if cfg.strategy.name == "finetune" and not cfg.strategy.switch_at:
+        raise ConfigError(f"{src}: strategy 'finetune' needs 'strategy.switch_at' (iterations on the first dataset)")
+    if cfg.strategy.name == "label_remap":
+        _check_label_map(cfg)
     if cfg.train.reference is not None and cfg.train.reference not in cfg.names:
         raise ConfigError(f"{src}: 'train.reference' is {cfg.train.reference!r}; datasets: {cfg.names}")
-    for name, dc in cfg.data.items():
-        if dc.batch_size < 1:
-            raise ConfigError(f"{src}: 'data.{name}.batch_size' must be >= 1")
+
+
+def _check_label_map(cfg: Config) -> None:
+    """label_remap: B (the second trained dataset) needs a table into A's ids; an
+    unseen dataset may have one (without one its labels must already be A's)."""
+    src, (a, b) = cfg.source, cfg.names
+    for name, table in cfg.strategy.label_map.items():
+        if name not in cfg.data or name == a:
+            others = [n for n in cfg.data if n != a]
+            raise ConfigError(f"{src}: 'strategy.label_map.{name}' names no dataset to map into {a}'s ids; "
+                              f"datasets: {others}")
+        if not isinstance(table, dict) or not all(
+                isinstance(k, int) and isinstance(v, int) and not isinstance(k, bool) and not isinstance(v, bool)
+                for k, v in table.items()):
+            raise ConfigError(f"{src}: 'strategy.label_map.{name}' must map ids of {name} to ids of {a} "
+                              f"(integers), got {table!r}")
+    if b not in cfg.strategy.label_map:
+        raise ConfigError(f"{src}: strategy label_remap needs 'strategy.label_map.{b}' (ids of {b} → ids of {a})")
 
 
 def load_config(path: str, overrides: Sequence[str] = ()) -> Config:
@@ -333,19 +482,68 @@ def dump_config(cfg: Config, path: str) -> None:
 
 
 def config_from_text(text: str, source: str = "<checkpoint>") -> Config:
-    d = yaml.safe_load(text)
+    try:
+        d = safe_load(text)
+    except (yaml.YAMLError, RecursionError) as exc:
+        raise ConfigError(f"{source}: not valid YAML: {exc}") from None
+    if not isinstance(d, dict):
+        raise ConfigError(f"{source}: top level must be a mapping, got {type(d).__name__}")
     return build_config(d, source=source)
+
+
+def _param_types(fn) -> Dict[str, Any]:
+    """Type of each parameter of ``fn``: its annotation, else its default's type
+    (numbers as float), else Any."""
+    import inspect
+
+    try:
+        hints = typing.get_type_hints(fn)
+    except Exception:  # an annotation that does not resolve here: per parameter below
+        hints = {}
+    out: Dict[str, Any] = {}
+    for name, p in inspect.signature(fn).parameters.items():
+        tp = hints.get(name)
+        if tp is None and isinstance(p.annotation, str):
+            try:
+                tp = eval(p.annotation, getattr(fn, "__globals__", {}))  # noqa: S307 -- the code's own annotation
+            except Exception:
+                tp = None
+        if tp is None and p.default is not inspect.Parameter.empty and p.default is not None:
+            d = p.default
+            tp = bool if isinstance(d, bool) else float if isinstance(d, (int, float)) else \
+                (list if isinstance(d, (list, tuple)) else type(d) if isinstance(d, str) else Any)
+        out[name] = tp if tp is not None else Any
+    return out
+
+
+def _prefix(source: str) -> str:
+    return f"{source}: " if source else ""
 
 
 def check_kwargs(fn, kwargs: Dict[str, Any], where: str, source: str = "",
                  reserved: Sequence[str] = ()) -> None:
-    """Raise ConfigError if ``kwargs`` has a key ``fn`` does not accept."""
+    """Raise ConfigError if ``kwargs`` has a key ``fn`` does not accept, or a value
+    of another type than the parameter's annotation (or default) says."""
     import inspect
 
     sig = inspect.signature(fn)
-    if any(p.kind == p.VAR_KEYWORD for p in sig.parameters.values()):
-        return
-    valid = [p for p in sig.parameters if p not in reserved and p != "self"]
-    for k in kwargs:
-        if k not in valid:
-            raise ConfigError(f"{source}: unknown key '{where}.{k}'; valid keys: {', '.join(valid)}")
+    valid = [p for p in sig.parameters if p not in reserved and p != "self"
+             and sig.parameters[p].kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)]
+    if not any(p.kind == p.VAR_KEYWORD for p in sig.parameters.values()):
+        for k in kwargs:
+            if k not in valid:
+                raise ConfigError(f"{_prefix(source)}unknown key '{where}.{k}'; valid keys: {', '.join(valid)}")
+    types = _param_types(fn)
+    check_options({k: v for k, v in kwargs.items() if k in valid}, {k: types[k] for k in valid}, where, source)
+
+
+def check_options(options: Any, types: Dict[str, Any], where: str, source: str = "") -> None:
+    """Raise ConfigError unless ``options`` is a mapping whose keys are in ``types``
+    and whose values have those types (``Any``: not checked)."""
+    if not isinstance(options, dict):
+        raise ConfigError(f"{_prefix(source)}'{where}' must be a mapping, got {options!r}")
+    for k, v in options.items():
+        if k not in types:
+            raise ConfigError(f"{_prefix(source)}unknown key '{where}.{k}'; valid keys: {', '.join(types)}")
+        if not _type_ok(v, types[k]):
+            raise ConfigError(f"{_prefix(source)}'{where}.{k}' must be {_type_name(types[k])}, got {v!r}")

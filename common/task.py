@@ -45,6 +45,28 @@ class Task:
     """Base class with the defaults that dense per-pixel tasks share."""
 
     name: str = "base"
+    #: the keys ``eval.options`` / ``data.<name>.eval`` may hold and their types
+    #: (checked with the config; None: not checked)
+    eval_option_types: Optional[Dict[str, Any]] = None
+
+    # -- config ---------------------------------------------------------------
+    def check_config(self, cfg) -> None:
+        """Raise :class:`common.config.ConfigError` for what this task cannot use in
+        the sections it owns (``data.<name>`` extras, ``eval.options``), naming
+        the key; runs when the config is built, before any work.
+        :meth:`check_data` per dataset, then the evaluation options."""
+        from .config import check_options
+
+        for name, entry in cfg.data.items():
+            self.check_data(name, entry.as_dict(), cfg.source)
+        if self.eval_option_types is not None:
+            check_options(cfg.eval.options, self.eval_option_types, "eval.options", cfg.source)
+            for name, entry in cfg.data.items():
+                check_options(entry.eval, self.eval_option_types, f"data.{name}.eval", cfg.source)
+
+    def check_data(self, name: str, cfg: Dict[str, Any], source: str = "") -> None:
+        """Check ``data.<name>`` (``cfg``, flat as :meth:`build_dataset` gets it)
+        without reading files; the default accepts anything."""
 
     # -- data -----------------------------------------------------------------
     def build_dataset(self, name: str, cfg: Dict[str, Any], split: str,
@@ -103,6 +125,6 @@ class Task:
         return {"dense": cm}
 
     def miou_mode(self, name: str, cfg: Dict[str, Any]) -> str:
-        """``"all"`` (SemanticKITTI/Cityscapes: every class, absent ones 0) or
-        ``"present"`` (nuScenes: classes with a non-empty union only)."""
+        """``"all"`` (SemanticKITTI: every class, absent ones 0) or ``"present"``
+        (nuScenes, cityscapesscripts: classes with a non-empty union only)."""
         return "all"

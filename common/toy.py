@@ -83,13 +83,17 @@ class ToyNet(nn.Module):
 class ToyTask(Task):
     name = "toy"
 
-    def build_dataset(self, name, cfg, split, train):
+    def check_data(self, name, cfg, source=""):
         from .config import check_kwargs
 
         params = {k: v for k, v in cfg.items() if k not in DATA_KEYS}
+        check_kwargs(ToySegmentation.__init__, params, f"data.{name}", source, reserved=("name", "augment"))
+
+    def build_dataset(self, name, cfg, split, train):
+        self.check_data(name, cfg)
+        params = {k: v for k, v in cfg.items() if k not in DATA_KEYS}
         if cfg.get("num_classes"):
             params["num_classes"] = cfg["num_classes"]
-        check_kwargs(ToySegmentation.__init__, params, f"data.{name}", reserved=("name", "augment"))
         seed = int(params.pop("seed", 0)) + (0 if split == "train" else 10_000)
         if split != "train":
             params["size"] = max(2, int(params.get("size", 16)) // 2)
