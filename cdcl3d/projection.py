@@ -35,6 +35,18 @@ the *lowest* beam (-30.67 deg), as in the Velodyne ROS driver, hence
 ``NUSCENES_SENSOR`` sets ``ring_flip=True`` so that row 0 is the top beam as
 in elevation mode.
 
+Points near the sensor (``ego_radius``, metres; 0 = off): real nuScenes
+LIDAR_TOP scans hold thousands of points on the ego vehicle itself, all
+within a metre of the sensor (the lidarseg class ``vehicle.ego``, ignored by
+the challenge). Being the nearest, they would win their pixels and hide the
+scene behind them. With ``ego_radius = r > 0`` a point with ``|x| < r`` and
+``|y| < r`` (sensor frame, any z: the rule of nuscenes-devkit's
+``LidarPointCloud.remove_close``) takes part in no pixel's contest; it still
+gets its (row, col) and range, so it is still predicted (from its pixel, or
+by KNN). Kept points are projected exactly as without the option.
+``NUSCENES_SENSOR`` sets 1.0 (the devkit's default radius),
+``KITTI_SENSOR`` 0.
+
 Input channels: range, x, y, z, intensity, each ``(v - mean) / std``; empty
 pixels are 0 *after* normalisation (as in SalsaNext, which multiplies the
 normalised image by the mask).
@@ -54,6 +66,7 @@ IGNORE_INDEX = 255
 #: SemanticKITTI HDL-64E, SalsaNext's published sensor statistics.
 KITTI_SENSOR: Dict[str, Any] = dict(
     height=64, width=2048, fov_up=3.0, fov_down=-25.0, use_ring=False, ring_flip=False,
+    ego_radius=0.0,
     means=(12.12, 10.88, 0.23, -1.04, 0.21),
     stds=(12.32, 11.47, 6.91, 0.86, 0.16),
 )
@@ -64,6 +77,7 @@ KITTI_SENSOR: Dict[str, Any] = dict(
 #: intensities small), not measured on the full dataset.
 NUSCENES_SENSOR: Dict[str, Any] = dict(
     height=32, width=1024, fov_up=10.0, fov_down=-30.0, use_ring=True, ring_flip=True,
+    ego_radius=1.0,  # the ego vehicle stays out of the image (see the module docstring)
     means=(10.0, 0.0, 0.0, -1.0, 18.0),
     stds=(11.0, 10.0, 10.0, 1.6, 22.0),
 )
@@ -158,7 +172,7 @@ def _exact_row(z, r, height, fov_up, fov_down):
 # the arithmetic loops (a zero range gives inf/nan there, flagged and redone).
 @njit(cache=True, nogil=True, error_model="numpy")
 def _project_kernel(points, labels, has_labels, height, width, fov_up, fov_down,
-                    use_ring, ring_flip, means, stds, eps_col, eps_row):
+                    use_ring, ring_flip, means, stds, eps_col, eps_row, ego_radius, exclude):
     n = points.shape[0]
     fov = fov_up - fov_down
     proj_row = np.empty(n, dtype=np.int64)
@@ -223,14 +237,33 @@ def _project_kernel(points, labels, has_labels, height, width, fov_up, fov_down,
                 proj_col[i] = _exact_col(np.float64(xs[i]), np.float64(ys[i]), width)
                 proj_row[i] = _exact_row(zs[i], rng[i], height, fov_up, fov_down)
 
+    # Points kept out of the image (the given mask, else the ego square) never
+    # compete for a pixel; their (row, col) and range stay.
+    hide = exclude
+    if hide.shape[0] != n and ego_radius > 0.0:
+        hide = np.empty(n, dtype=np.bool_)
+        r_ego = np.float32(ego_radius)
+        for i in range(n):
+            hide[i] = (abs(xs[i]) < r_ego) & (abs(ys[i]) < r_ego)
+
     # A separate pass: the data-dependent branch of the winner test would
     # otherwise serialise the long-latency arithmetic of successive points.
-    for i in range(n):
-        row = proj_row[i]
-        col = proj_col[i]
-        j = proj_idx[row, col]
-        if j < 0 or rng[i] < rng[j]:
-            proj_idx[row, col] = i
+    if hide.shape[0] == n:
+        for i in range(n):
+            if hide[i]:
+                continue
+            row = proj_row[i]
+            col = proj_col[i]
+            j = proj_idx[row, col]
+            if j < 0 or rng[i] < rng[j]:
+                proj_idx[row, col] = i
+    else:
+        for i in range(n):
+            row = proj_row[i]
+            col = proj_col[i]
+            j = proj_idx[row, col]
+            if j < 0 or rng[i] < rng[j]:
+                proj_idx[row, col] = i
 
     inputs = np.empty((5, height, width), dtype=np.float32)
     proj_range = np.empty((height, width), dtype=np.float32)
@@ -273,13 +306,18 @@ class RangeProjection:
     ignored); ``proj_row``/``proj_col`` (N,) int64 pixel of every point, hidden
     ones included; ``proj_idx`` (H, W) int64 winning point or -1; ``range``
     (N,) float32; ``proj_range`` (H, W) float32 raw range, -1 where empty.
+
+    ``ego_radius`` (metres, 0 = off): points with ``|x| < r`` and ``|y| < r``
+    stay out of the image (no pixel, mask, label or input of theirs) but keep
+    ``proj_row``/``proj_col``/``range`` like every other point; see the
+    module docstring.
     """
 
     def __init__(self, height: int, width: int, fov_up: float, fov_down: float,
                  use_ring: bool = False,
                  means: Sequence[float] = KITTI_SENSOR["means"],
                  stds: Sequence[float] = KITTI_SENSOR["stds"],
-                 ring_flip: bool = False) -> None:
+                 ring_flip: bool = False, ego_radius: float = 0.0) -> None:
         if height <= 0 or width <= 0:
             raise ValueError(f"range image size must be positive, got {height}x{width}")
         if not use_ring and fov_up <= fov_down:
@@ -288,12 +326,15 @@ class RangeProjection:
             raise ValueError("means and stds need 5 values (range, x, y, z, intensity)")
         if min(stds) <= 0:
             raise ValueError(f"stds must be positive, got {tuple(stds)}")
+        if not ego_radius >= 0:
+            raise ValueError(f"ego_radius must be >= 0 metres (0 = off), got {ego_radius}")
         self.height = int(height)
         self.width = int(width)
         self.fov_up = float(fov_up)
         self.fov_down = float(fov_down)
         self.use_ring = bool(use_ring)
         self.ring_flip = bool(ring_flip)
+        self.ego_radius = float(ego_radius)
         self.means = np.asarray(means, dtype=np.float32)
         self.stds = np.asarray(stds, dtype=np.float32)
         # Pixel-unit guard bands of the fast angle path: the approximation
@@ -309,10 +350,23 @@ class RangeProjection:
 
     def __repr__(self) -> str:
         return (f"RangeProjection({self.height}x{self.width}, fov_up={self.fov_up}, "
-                f"fov_down={self.fov_down}, use_ring={self.use_ring}, ring_flip={self.ring_flip})")
+                f"fov_down={self.fov_down}, use_ring={self.use_ring}, ring_flip={self.ring_flip}, "
+                f"ego_radius={self.ego_radius})")
 
-    def project(self, points: np.ndarray, labels: Optional[np.ndarray] = None) -> Dict[str, np.ndarray]:
-        """Project ``points`` (N, C) and optional per-point train ids (N,)."""
+    def near_sensor(self, points: np.ndarray) -> np.ndarray:
+        """``(N,)`` bool: the points that ``ego_radius`` keeps out of the image
+        (all False when it is 0)."""
+        r = np.float32(self.ego_radius)
+        xy = np.asarray(points)[:, :2].astype(np.float32, copy=False)
+        return (np.abs(xy[:, 0]) < r) & (np.abs(xy[:, 1]) < r)
+
+    def project(self, points: np.ndarray, labels: Optional[np.ndarray] = None,
+                exclude: Optional[np.ndarray] = None) -> Dict[str, np.ndarray]:
+        """Project ``points`` (N, C) and optional per-point train ids (N,).
+
+        ``exclude``: optional (N,) bool, the points to keep out of the image,
+        instead of the ``ego_radius`` test on these coordinates (e.g. decided
+        on a scan before augmentation moved it)."""
         points = np.ascontiguousarray(points, dtype=np.float32)
         need = 5 if self.use_ring else 4
         if points.ndim != 2 or points.shape[1] < need:
@@ -324,12 +378,19 @@ class RangeProjection:
             lab = np.ascontiguousarray(labels, dtype=np.int64)
             if lab.shape != (points.shape[0],):
                 raise ValueError(f"labels shape {lab.shape} does not match {points.shape[0]} points")
+        if exclude is None:
+            out_mask = np.empty(0, dtype=np.bool_)
+        else:
+            out_mask = np.ascontiguousarray(exclude, dtype=np.bool_)
+            if out_mask.shape != (points.shape[0],):
+                raise ValueError(f"exclude shape {out_mask.shape} does not match {points.shape[0]} points")
         fov_up = self.fov_up / 180.0 * math.pi
         fov_down = self.fov_down / 180.0 * math.pi
         (inputs, mask, label_img, proj_row, proj_col, proj_idx, rng, proj_range,
          bad_ring) = _project_kernel(points, lab, labels is not None, self.height, self.width,
                                      fov_up, fov_down, self.use_ring, self.ring_flip,
-                                     self.means, self.stds, self._eps_col, self._eps_row)
+                                     self.means, self.stds, self._eps_col, self._eps_row,
+                                     self.ego_radius, out_mask)
         if bad_ring >= 0:
             raise ValueError(f"ring index {points[bad_ring, 4]} of point {bad_ring} is outside "
                              f"0..{self.height - 1} (range image height {self.height})")

@@ -119,3 +119,21 @@ def test_bad_arguments():
         KNNPostProcess(4)(proj_range, r, proj_argmax, px + 100, py)
     with pytest.raises(ValueError, match="int64"):
         KNNPostProcess(4)(proj_range, r, proj_argmax.int(), px, py)
+
+
+def test_points_kept_out_of_the_image_still_get_a_label():
+    """Points left out of the range image (the ego vehicle within 1 m, see
+    RangeProjection's ``ego_radius``) range metres below every pixel around
+    them: beyond any cutoff. Each still gets a label: its own pixel's
+    prediction (from the scene point that holds it, or the network's output
+    at an empty pixel); none is dropped."""
+    proj_range = torch.full((4, 8), -1.0)
+    proj_range[1, 2:5] = torch.tensor([10.0, 10.2, 10.1])
+    proj_argmax = torch.arange(32).reshape(4, 8) % 3
+    px = torch.tensor([2, 3, 6, 0, 3])
+    py = torch.tensor([1, 1, 1, 3, 1])
+    ranges = torch.tensor([0.6, 0.7, 0.5, 0.8, 10.2])  # four near points, one scene point
+    for cutoff in (1.0, 0.5):
+        out = KNNPostProcess(3, search=3, k=3, cutoff=cutoff)(proj_range, ranges, proj_argmax, px, py)
+        assert out.shape == (5,)
+        assert out[:4].tolist() == proj_argmax[py[:4], px[:4]].tolist()

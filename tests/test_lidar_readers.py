@@ -399,3 +399,72 @@ def test_range_dataset_nuscenes_ring(tmp_path):
     loader = torch.utils.data.DataLoader(ds, batch_size=1, collate_fn=collate_range)
     assert next(iter(loader))["inputs"].shape == (1, 5, 32, 128)
     assert KITTI_SENSOR["height"] == 64
+
+
+def test_nuscenes_default_keeps_points_near_the_sensor_out(tmp_path):
+    """Through the config path: nuScenes projects with ``ego_radius`` 1.0 unless
+    ``data.<name>.sensor`` says otherwise; SemanticKITTI leaves it off."""
+    from cdcl3d.task import LidarTask
+
+    nroot, kroot = str(tmp_path / "nu"), str(tmp_path / "kitti")
+    written = write_nuscenes(nroot)
+    _write_kitti(kroot, seqs=("00",))
+    task = LidarTask()
+    nu_cfg = {"type": "nuscenes", "root": nroot, "version": "v1.0-mini", "sensor": {"width": 128}}
+    nu = task.build_dataset("nuscenes", nu_cfg, "val", train=False)
+    assert nu.projection.ego_radius == 1.0
+    kitti_cfg = {"type": "semantickitti", "root": kroot, "sequences": {"train": ["00"]}}
+    assert task.build_dataset("semantickitti", kitti_cfg, "train", train=False).projection.ego_radius == 0.0
+    off_cfg = dict(nu_cfg, sensor={"width": 128, "ego_radius": 0.0})
+    off = task.build_dataset("nuscenes", off_cfg, "val", train=False)
+    assert off.projection.ego_radius == 0.0
+    item, item_off = nu[0], off[0]
+    pts, fine = written[item["id"]]
+    near = (np.abs(pts[:, 0]) < 1) & (np.abs(pts[:, 1]) < 1)
+    assert near.any()
+    # every point still has its pixel and label; only the image changes
+    for k in ("proj_row", "proj_col", "range", "points_labels"):
+        assert torch.equal(item[k], item_off[k]) and item[k].shape == (len(pts),)
+    near_range = item["range"][torch.from_numpy(near)]
+    assert torch.isin(near_range, item_off["proj_range"][item_off["mask"]]).any()  # off: they win pixels
+    assert not torch.isin(near_range, item["proj_range"][item["mask"]]).any()
+
+
+class _Scans(torch.utils.data.Dataset):
+    class_names = nuscenes_challenge_classes()
+    ignore_index = 255
+    name = "scans"
+
+    def __init__(self, items):
+        self.items = items
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        return self.items[i]
+
+
+def test_range_dataset_decides_near_points_before_augmentation():
+    """Rotation and jitter move points in and out of the 1 m square; the points
+    kept out of the image are those near the sensor in the scan as read."""
+    rng = np.random.default_rng(0)
+    m = 200
+    az = rng.uniform(-np.pi, np.pi, m)
+    r = rng.uniform(5.0, 20.0, m)
+    scene = np.stack([r * np.cos(az), r * np.sin(az), rng.uniform(-1.5, 1, m), np.zeros(m),
+                      rng.integers(0, 32, m)], 1)
+    corner = np.array([[0.95, 0.95, -0.3, 0, 3], [-0.95, 0.97, -0.3, 0, 5],   # in the square
+                       [1.05, 0.2, -0.3, 0, 7], [0.0, 1.3, -0.3, 0, 9]])      # outside, near
+    pts = np.concatenate([scene, corner]).astype(np.float32)
+    labels = np.concatenate([rng.integers(0, 16, m), [255, 255, 3, 4]])
+    proj = RangeProjection.from_sensor(NUSCENES_SENSOR, width=128)
+    ds = RangeImageDataset(_Scans([{"points": pts, "labels": labels, "id": "a"}]), proj,
+                           augment=dict(rotate=True, flip_x=True, jitter=0.3, scale=(0.95, 1.05)))
+    for seed in range(20):
+        np.random.seed(seed)
+        item = ds[0]
+        assert item["proj_row"].shape == (len(pts),)
+        img = item["proj_range"][item["mask"]]
+        assert not torch.isin(item["range"][-4:-2], img).any()  # in the square as read: never
+        assert torch.isin(item["range"][-2:], img).all()  # outside it (nearer than the scene): always

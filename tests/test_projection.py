@@ -191,3 +191,110 @@ def test_augment_points():
     shift = moved[:, :3] - pts[:, :3]
     assert np.allclose(shift, shift[0], atol=1e-4) and np.abs(shift[0]).max() > 0
     assert not math.isnan(float(moved.sum()))
+
+
+# -- points near the sensor (the ego vehicle) ------------------------------------------
+
+def ego_scan(width=64, seed=4):
+    """A nuScenes-like scan (x, y, z, intensity, ring) with train ids: 40 scene
+    points 5-20 m away, each at a column centre, then a dense ego-vehicle
+    cluster within 1 m of the sensor (|x|, |y| < 1, labelled 255 like the
+    devkit's ``vehicle.ego``): three points on the pixel of every scene point,
+    400 more anywhere. Returns ``(points, labels, scene_index, ego_index)``."""
+    rng = np.random.default_rng(seed)
+    cols = rng.choice(width, 40, replace=False)
+    ring = rng.integers(0, 32, 40)
+    az = -((cols + 0.5) / width * 2.0 - 1.0) * np.pi  # yaw = -az at the column centre
+    r = rng.uniform(5.0, 20.0, 40)
+    scene = np.stack([r * np.cos(az), r * np.sin(az), rng.uniform(-1.5, 1.0, 40),
+                      rng.uniform(0, 255, 40), ring], 1)
+    d = rng.uniform(0.3, 0.95, (40, 3))  # horizontal distance, inside the 1 m square
+    on_pix = np.stack([d * np.cos(az)[:, None], d * np.sin(az)[:, None], -0.3 + 0 * d,
+                       rng.uniform(0, 255, (40, 3)), np.repeat(ring[:, None], 3, 1)], 2).reshape(-1, 5)
+    m = 400
+    rest = np.stack([rng.uniform(-0.99, 0.99, m), rng.uniform(-0.99, 0.99, m), rng.uniform(-0.5, 0.0, m),
+                     rng.uniform(0, 255, m), rng.integers(0, 32, m)], 1)
+    pts = np.concatenate([scene, on_pix, rest]).astype(np.float32)
+    labels = np.concatenate([rng.integers(0, 16, 40), np.full(len(pts) - 40, 255)])
+    return pts, labels, np.arange(40), np.arange(40, len(pts))
+
+
+def test_ego_cluster_no_longer_hides_the_scene():
+    pts, labels, scene, ego = ego_scan()
+    out = RangeProjection.from_sensor(NUSCENES_SENSOR, width=64).project(pts, labels)  # default: on
+    row, col = out["proj_row"][scene], out["proj_col"][scene]
+    np.testing.assert_array_equal(out["proj_idx"][row, col], scene)  # the scene is in the image
+    np.testing.assert_array_equal(out["labels"][row, col], labels[scene])
+    np.testing.assert_array_equal(out["proj_range"][row, col], out["range"][scene])
+    assert not np.isin(out["proj_idx"], ego).any() and out["mask"].sum() == len(scene)
+    assert (out["labels"][~out["mask"]] == 255).all() and (out["inputs"][:, ~out["mask"]] == 0).all()
+    # option off: as before, the nearest point wins, so the cluster hides every scene point
+    off = RangeProjection.from_sensor(NUSCENES_SENSOR, width=64, ego_radius=0.0).project(pts, labels)
+    assert np.isin(off["proj_idx"][row, col], ego).all()
+    key = off["proj_row"] * 64 + off["proj_col"]
+    for pix in np.unique(key):
+        members = np.flatnonzero(key == pix)
+        assert off["proj_idx"].reshape(-1)[pix] == members[np.argmin(off["range"][members])]
+    # every point keeps its pixel (the same as with the option off) and its range
+    for k in ("proj_row", "proj_col", "range"):
+        np.testing.assert_array_equal(out[k], off[k])
+    assert out["proj_row"].shape == (len(pts),)
+    # the plain per-point prediction and KNN give every point a label
+    import torch
+
+    from cdcl3d.knn import KNNPostProcess
+
+    pred = np.where(out["mask"], out["labels"], 7)  # a "network" that knows the scene
+    plain = RangeProjection.back_project(pred, out["proj_row"], out["proj_col"])
+    assert plain.shape == (len(pts),)
+    np.testing.assert_array_equal(plain[scene], labels[scene])
+    t = {k: torch.from_numpy(out[k]) for k in ("proj_range", "range", "proj_row", "proj_col")}
+    knn = KNNPostProcess(16, search=5, k=5, cutoff=1.0)(t["proj_range"], t["range"], torch.from_numpy(pred),
+                                                         t["proj_col"], t["proj_row"])
+    assert knn.shape == (len(pts),) and int(knn.min()) >= 0 and int(knn.max()) < 16
+    alone = np.array([(np.abs(row - row[i]) <= 2) & (np.abs(col - col[i]) <= 2) for i in scene]).sum(1) == 1
+    assert alone.sum() >= 10  # a scene point with no scene neighbour keeps its own label
+    np.testing.assert_array_equal(knn.numpy()[scene[alone]], labels[scene[alone]])
+    # an ego point on a scene pixel: its own pixel votes (distance 0), the
+    # rest of the window is metres away; on an empty pixel it keeps the pixel's prediction
+    np.testing.assert_array_equal(knn.numpy()[40:160], np.repeat(labels[scene], 3))
+    empty = ~out["mask"][out["proj_row"], out["proj_col"]]
+    assert empty.any() and (knn.numpy()[empty] == plain[empty]).all()
+
+
+def test_ego_radius_follows_the_devkit_rule():
+    """Kept out: |x| < r and |y| < r (nuscenes-devkit ``LidarPointCloud.remove_close``),
+    whatever z; kept points are projected exactly as by the published formula."""
+    from nuscenes.utils.data_classes import LidarPointCloud
+
+    rng = np.random.default_rng(5)
+    far = lidar_like(rng, 5000)
+    near = np.stack([rng.uniform(-1.2, 1.2, 3000), rng.uniform(-1.2, 1.2, 3000),
+                     rng.uniform(-2.0, 0.5, 3000), np.zeros(3000)], 1)
+    edge = np.array([[1.0, 0.0, -0.3, 0], [-1.0, 0.5, -0.3, 0], [0.5, -1.0, 0.2, 0],
+                     [0.999, -0.999, -0.3, 0], [0.0, 0.0, -0.5, 0], [0.2, 0.1, 3.0, 0]])
+    pts = np.concatenate([far, near, edge]).astype(np.float32)
+    pts[:, 3] = np.arange(len(pts))  # the devkit keeps columns: intensity = index
+    pc = LidarPointCloud(pts.T.copy())
+    pc.remove_close(1.0)
+    kept = pc.points[3].astype(np.int64)
+    assert 0 < len(kept) < len(pts)
+
+    h, w = 32, 1024
+    out = RangeProjection(h, w, 10.0, -30.0, ego_radius=1.0).project(pts)
+    ref_row, ref_col, _, _ = reference_projection(pts, h, w, 10.0, -30.0)
+    np.testing.assert_array_equal(out["proj_row"], ref_row)  # every point keeps its pixel
+    np.testing.assert_array_equal(out["proj_col"], ref_col)
+    _, _, ref_idx, _ = reference_projection(pts[kept], h, w, 10.0, -30.0)
+    np.testing.assert_array_equal(out["proj_idx"], np.where(ref_idx >= 0, kept[ref_idx], -1))
+    # an explicit mask overrides the radius (decided before augmentation)
+    hide = np.zeros(len(pts), bool)
+    hide[:100] = True
+    out = RangeProjection(h, w, 10.0, -30.0, ego_radius=1.0).project(pts, exclude=hide)
+    _, _, ref_idx, _ = reference_projection(pts[100:], h, w, 10.0, -30.0)
+    np.testing.assert_array_equal(out["proj_idx"], np.where(ref_idx >= 0, ref_idx + 100, -1))
+    with pytest.raises(ValueError, match="exclude"):
+        RangeProjection(h, w, 10.0, -30.0).project(pts, exclude=hide[:5])
+    with pytest.raises(ValueError, match="ego_radius"):
+        RangeProjection(h, w, 10.0, -30.0, ego_radius=-1.0)
+    assert KITTI_SENSOR["ego_radius"] == 0.0 and NUSCENES_SENSOR["ego_radius"] == 1.0

@@ -9,6 +9,7 @@ import os
 
 import numpy as np
 import pytest
+import torch
 
 from cdcl3d.synth import class_histogram, generate_lidar
 from cdcl3d.synth.lidar import _kitti_yaml
@@ -222,3 +223,35 @@ def test_round_trip_nuscenes_reader(tiny):
     assert labels.shape == (pts.shape[0],)
     assert set(np.unique(labels).tolist()) <= set(range(16)) | {255}
     assert NUSCENES_FINE[17] == "vehicle.car"
+
+
+def test_generated_nuscenes_scans_have_an_ego_cluster_kept_out_of_the_range_image(tiny):
+    """Like real LIDAR_TOP scans, generated ones hold returns off the ego car's
+    roof: within 1 m of the sensor, fine class ``vehicle.ego`` (ignored once
+    mapped). The nuScenes dataset built from a config keeps them out of the
+    range image by default, and still predicts every point."""
+    from cdcl3d.knn import KNNPostProcess
+    from cdcl3d.task import LidarTask
+
+    cfg = {"type": "nuscenes", "root": os.path.join(tiny, "nuscenes"), "version": "v1.0-mini",
+           "sensor": {"width": 64}}
+    ds = LidarTask().build_dataset("nuscenes", cfg, "val", train=False)
+    assert ds.projection.ego_radius == 1.0
+    reader = ds.base
+    for i in range(len(reader)):
+        item, raw = ds[i], reader[i]
+        n = raw["points"].shape[0]
+        fine = np.fromfile(reader.samples[i]["labels"], np.uint8)
+        ego = fine == NUSCENES_FINE.index("vehicle.ego")
+        assert 0.05 < ego.mean() < 0.4
+        xy = np.abs(raw["points"][ego, :2])
+        assert (xy < 1.0).all()
+        assert (raw["labels"][ego] == 255).all()  # the devkit's mapper ignores them
+        # none of them holds a pixel; every point keeps its pixel and is predicted
+        img = item["proj_range"][item["mask"]]
+        assert not torch.isin(item["range"][torch.from_numpy(ego)], img).any()
+        assert item["proj_row"].shape == (n,) and item["points_labels"].shape == (n,)
+        assert torch.equal(item["points_labels"], torch.from_numpy(raw["labels"]))
+        pred = torch.where(item["mask"], item["labels"] % 16, 0)
+        knn = KNNPostProcess(16)(item["proj_range"], item["range"], pred, item["proj_col"], item["proj_row"])
+        assert knn.shape == (n,) and pred[item["proj_row"], item["proj_col"]].shape == (n,)

@@ -22,6 +22,11 @@ class RangeImageDataset(torch.utils.data.Dataset):
     ``augment``: keyword arguments of :func:`cdcl3d.augment.augment_points`
     (without ``rng``) or None. Its generator is seeded from numpy's global
     RNG, so the trainer's per-worker/per-sample seeding makes it reproducible.
+
+    Points near the sensor (the projection's ``ego_radius``) stay out of the
+    image but keep their per-point fields, so N is always the scan's point
+    count (less augmentation dropout); with augmentation they are chosen on
+    the scan as read, in the sensor frame, before it is rotated or moved.
     """
 
     def __init__(self, base: torch.utils.data.Dataset, projection: RangeProjection,
@@ -42,14 +47,19 @@ class RangeImageDataset(torch.utils.data.Dataset):
         points = item["points"]
         labels = item["labels"]
         has_labels = labels is not None
+        exclude = None
         if self.augment is not None:
+            if self.projection.ego_radius > 0:
+                exclude = self.projection.near_sensor(points)
             rng = np.random.default_rng(np.random.randint(2 ** 31))
             points, keep = augment_points(points, rng, **self.augment)
             if has_labels:
                 labels = labels[keep]
+            if exclude is not None:
+                exclude = exclude[keep]
         if not has_labels:
             labels = np.full(points.shape[0], self.ignore_index, dtype=np.int64)
-        out = self.projection.project(points, labels)
+        out = self.projection.project(points, labels, exclude=exclude)
         return {
             "inputs": torch.from_numpy(out["inputs"]),
             "labels": torch.from_numpy(out["labels"]),

@@ -6,12 +6,19 @@ remission in [0, 1] with two decimals); ``NUSCENES_SENSOR`` the HDL-32E of
 nuScenes (32 beams evenly from -30 to +10 degrees, ~1090 azimuth steps, 1.84 m
 on the roof, intensity 0..255, a ring index per point where ring 0 is the
 lowest beam).
+
+The nuScenes sensor also sees the car it is mounted on (``ego_roof``): its
+lower beams hit the roof within a metre of the sensor, as in real LIDAR_TOP
+scans, where such points (lidarseg ``vehicle.ego``, ignored by the challenge)
+are about a fifth of a scan (here, a flat rectangle, somewhat more: ~29% at
+full resolution). The roof occludes the ground behind it; its returns have
+the kind ``ego``.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Dict
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 
@@ -30,6 +37,9 @@ class Sensor:
     range_noise: float
     dropout: float              # base probability that a return is lost
     outliers: float             # share of spurious returns
+    # the roof of the ego car: (half length, half width, depth below the
+    # sensor) in m, centred under it; None: the sensor sees no car
+    ego_roof: Optional[Tuple[float, float, float]] = None
 
     def elevations(self) -> np.ndarray:
         return np.deg2rad(self.elevations_deg)
@@ -57,6 +67,7 @@ NUSCENES_SENSOR = Sensor(
     range_noise=0.03,
     dropout=0.01,
     outliers=0.001,
+    ego_roof=(0.85, 0.65, 0.28),  # a Renault Zoe's roof (1.56 m) under the sensor (1.84 m)
 )
 
 
@@ -67,7 +78,8 @@ def scan(world: World, sensor: Sensor, x: float, y: float, yaw: float, rng: np.r
     Returns, for the kept returns, ``xyz`` (N, 3) float32 in the sensor frame
     (x forward, y left, z up), ``remission`` (N,) in [0, 1], ``kind`` (N,)
     world kinds, ``instance`` (N,) thing ids (0 for stuff) and ``beam`` (N,)
-    row index (0 = highest beam).
+    row index (0 = highest beam). Returns off the ego roof (``sensor.ego_roof``)
+    have the kind ``ego``.
     """
     cols = max(8, int(round(sensor.cols * points_scale)))
     elev = sensor.elevations()
@@ -78,17 +90,29 @@ def scan(world: World, sensor: Sensor, x: float, y: float, yaw: float, rng: np.r
                              rects, rect_kinds, world.ground_default, sensor.max_range)
     n_rays = rng_t.shape[0]
     beam = np.repeat(np.arange(len(elev)), cols)
-    keep = np.isfinite(rng_t) & (rng_t >= sensor.min_range)
+    ego = np.zeros(n_rays, dtype=bool)
+    if sensor.ego_roof is not None:
+        # the roof plane: nearer than anything in the world, so it wins where hit
+        half_l, half_w, depth = sensor.ego_roof
+        down = np.maximum(-np.sin(elev), 1e-9)[beam]
+        c = np.tile(np.arange(cols), len(elev))
+        phi = math.pi - 2.0 * math.pi * (c + 0.5) / cols + phase
+        t_roof = depth / down
+        horiz = t_roof * np.cos(elev)[beam]
+        ego = (elev[beam] < 0) & (np.abs(horiz * np.cos(phi)) < half_l) & (np.abs(horiz * np.sin(phi)) < half_w)
+        rng_t = np.where(ego, t_roof, rng_t)
+    keep = np.isfinite(rng_t) & ((rng_t >= sensor.min_range) | ego)
     # dropouts: a base rate, more at long range (weak returns)
     frac = np.where(keep, rng_t / sensor.max_range, 0.0)
     p_drop = sensor.dropout + 0.25 * frac ** 3
     keep &= rng.random(n_rays) >= p_drop
 
     kind = np.where(hit >= 0, kinds[np.maximum(hit, 0)], gkind)
-    instance = np.where(hit >= 0, inst[np.maximum(hit, 0)], 0)
+    kind = np.where(ego, K["ego"], kind)
+    instance = np.where((hit >= 0) & ~ego, inst[np.maximum(hit, 0)], 0)
     t = rng_t + rng.normal(0.0, sensor.range_noise, n_rays)
     # spurious returns: a random range along the ray, labelled as outliers
-    outl = keep & (rng.random(n_rays) < sensor.outliers)
+    outl = keep & ~ego & (rng.random(n_rays) < sensor.outliers)
     far = np.where(keep, rng_t, sensor.min_range)
     t = np.where(outl, sensor.min_range + rng.random(n_rays) * (far - sensor.min_range), t)
     kind = np.where(outl, K["outlier"], kind)

@@ -99,6 +99,8 @@ KINDS: List[Kind] = [
     Kind("debris", 99, _NU["movable_object.debris"], 0.20, 0.08, True),
     Kind("animal", 0, _NU["animal"], 0.20, 0.06, True),
     Kind("outlier", 1, _NU["noise"], 0.05, 0.05),
+    # the roof of the car carrying the sensor (nuScenes only; see sensors.Sensor.ego_roof)
+    Kind("ego", 0, _NU["vehicle.ego"], 0.30, 0.10),
 ]
 K = {k.name: i for i, k in enumerate(KINDS)}
 
