@@ -20,3 +20,8 @@ class DataError(UserError, ValueError):
 class PathError(UserError, OSError):
     """A path cannot be used as asked: unwritable, a file where a folder is
     expected, no space left, a work dir owned by another run."""
+
+
+class MissingDependencyError(UserError, ImportError):
+    """A library a command needs is not installed; the message names it and
+    says how to install it."""
