@@ -99,21 +99,30 @@ def cmd_info(args) -> int:
 
 # -- predict / export / precise-bn -------------------------------------------------
 
-def _model_from_checkpoint(args):
-    import torch
-
+def _config_for_checkpoint(args):
+    """The config given on the command line, else the one stored in the checkpoint."""
     from .checkpoint import load_checkpoint
     from .config import config_from_text, load_config
+
+    if getattr(args, "config", None):
+        return load_config(args.config, getattr(args, "overrides", []) or [])
+    state = load_checkpoint(args.checkpoint)
+    return config_from_text(state["config"], source=f"{args.checkpoint}:config")
+
+
+def _check_dataset(cfg, name: str) -> None:
+    from .config import ConfigError
+
+    if name not in cfg.data:
+        raise ConfigError(f"--dataset {name!r}: the config {cfg.source} has {cfg.eval_names}")
+
+
+def _model_from_checkpoint(args, cfg):
     from .dist import select_device
     from .evaluation import load_model_for_eval
 
-    if getattr(args, "config", None):
-        cfg = load_config(args.config, getattr(args, "overrides", []) or [])
-    else:
-        state = load_checkpoint(args.checkpoint)
-        cfg = config_from_text(state["config"], source=f"{args.checkpoint}:config")
     device = select_device(getattr(args, "device", None) or cfg.train.device)
-    return cfg, load_model_for_eval(cfg, args.checkpoint, device), device
+    return load_model_for_eval(cfg, args.checkpoint, device), device
 
 
 def cmd_predict(args) -> int:
@@ -121,12 +130,13 @@ def cmd_predict(args) -> int:
 
     from .build import build_dataset, get_task
     from .dataset_specific import route
+    from .utils import check_writable
 
-    cfg, model, device = _model_from_checkpoint(args)
+    cfg = _config_for_checkpoint(args)
+    _check_dataset(cfg, args.dataset)
+    check_writable(args.out, "--out", folder=True)  # before the work, not after it
+    model, device = _model_from_checkpoint(args, cfg)
     task = get_task(cfg)
-    if args.dataset not in cfg.data:
-        print(f"unknown dataset {args.dataset!r}; config has {cfg.names}", file=sys.stderr)
-        return 2
     ds = build_dataset(cfg, args.dataset, args.split, False, task)
     loader = DataLoader(ds, batch_size=1, shuffle=False, num_workers=cfg.eval.num_workers,
                         collate_fn=task.collate_fn(args.dataset, cfg.data[args.dataset].as_dict()))
@@ -141,8 +151,12 @@ def cmd_predict(args) -> int:
 
 def cmd_export(args) -> int:
     from .export import export_onnx
+    from .utils import check_writable
 
-    cfg, model, device = _model_from_checkpoint(args)
+    cfg = _config_for_checkpoint(args)
+    _check_dataset(cfg, args.dataset)
+    check_writable(args.out, "--out")
+    model, device = _model_from_checkpoint(args, cfg)
     report = export_onnx(cfg, model.cpu(), args.dataset, args.out, fold=not args.no_fold)
     print(json.dumps(report, indent=2))
     return 0

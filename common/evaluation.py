@@ -11,7 +11,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 from .build import build_dataset, build_model, get_task, num_classes_of
-from .checkpoint import load_checkpoint, unwrap
+from .checkpoint import CheckpointError, check_state_dict, load_checkpoint, unwrap
 from .config import Config
 from .dataset_specific import route
 from .metrics import ConfusionMatrix
@@ -90,20 +90,68 @@ def summary_table(results: Dict[str, Dict[str, Any]]) -> str:
 
 def load_model_for_eval(cfg: Config, checkpoint: str, device: torch.device,
                         task: Optional[Task] = None) -> nn.Module:
-    """Build the model of ``cfg`` and load a checkpoint's weights into it."""
+    """Build the model of ``cfg`` and load a checkpoint's weights into it; a
+    checkpoint of another config raises :class:`CheckpointError` naming what
+    differs (datasets, head sizes, keys and shapes)."""
     task = task or get_task(cfg)
     state = load_checkpoint(checkpoint, map_location="cpu")
     num_classes = state.get("num_classes")
     if num_classes is None:
         num_classes = {n: num_classes_of(build_dataset(cfg, n, cfg.data[n].val_split, False, task))
                        for n in cfg.names}
+    else:
+        check_checkpoint_datasets(cfg, num_classes, checkpoint, task)
     model = build_model(cfg, dict(num_classes), task)
-    missing, unexpected = model.load_state_dict(state["model"], strict=False)
-    if missing or unexpected:
-        raise RuntimeError(f"checkpoint {checkpoint} does not match the config's model: "
-                           f"missing keys {missing[:8]}{'...' if len(missing) > 8 else ''}, "
-                           f"unexpected keys {unexpected[:8]}{'...' if len(unexpected) > 8 else ''}")
+    check_state_dict(model, state["model"], checkpoint, hint=_config_differences(cfg, state))
+    model.load_state_dict(state["model"])
     return model.to(device).eval()
+
+
+def check_checkpoint_datasets(cfg: Config, num_classes: Dict[str, int], checkpoint: str,
+                              task: Optional[Task] = None) -> None:
+    """A checkpoint's datasets and head sizes (``num_classes``) against ``cfg``'s
+    trained datasets and the class counts known without reading files."""
+    task = task or get_task(cfg)
+    if set(num_classes) != set(cfg.names):
+        lacking = [n for n in cfg.names if n not in num_classes]
+        extra = [n for n in num_classes if n not in cfg.names]
+        detail = ", ".join(p for p in (f"not in the checkpoint: {lacking}" if lacking else "",
+                                       f"not in the config: {extra}" if extra else "") if p)
+        raise CheckpointError(f"checkpoint {checkpoint} was trained on datasets {list(num_classes)}, "
+                              f"the config {cfg.source} has {cfg.names} ({detail})")
+    differ = []
+    for n in cfg.names:
+        if cfg.strategy.name == "label_remap" and n != cfg.names[0]:
+            continue  # trained in the first dataset's classes
+        k = cfg.data[n].num_classes or task.num_classes(n, cfg.data[n].as_dict())
+        if k and int(k) != int(num_classes[n]):
+            differ.append(f"{n}: {num_classes[n]} classes in the checkpoint, {k} in the config")
+    if differ:
+        raise CheckpointError(f"checkpoint {checkpoint} does not fit the config {cfg.source}: head sizes differ "
+                              f"({'; '.join(differ)})")
+
+
+def _config_differences(cfg: Config, state: Dict[str, Any]) -> str:
+    """``model.width: 0.25 in the checkpoint, 0.125 in the config`` ... from the
+    config stored in the checkpoint (empty when it has none or they agree)."""
+    from .config import safe_load
+
+    try:
+        theirs = safe_load(state.get("config") or "") or {}
+    except Exception:  # an old or odd checkpoint: no hint, the key lists say enough
+        return ""
+    if not isinstance(theirs, dict):
+        return ""
+    ours = cfg.to_dict()
+    diffs = []
+    for section in ("model", "strategy"):
+        a, b = theirs.get(section) or {}, ours.get(section) or {}
+        if not isinstance(a, dict):
+            continue
+        for k in sorted(set(a) | set(b), key=str):
+            if a.get(k) != b.get(k) and k != "label_map":
+                diffs.append(f"{section}.{k}: {a.get(k)!r} in the checkpoint, {b.get(k)!r} in the config")
+    return ", ".join(diffs[:4])
 
 
 def evaluate_checkpoint(cfg: Config, checkpoint: str, out: Optional[str] = None,
@@ -112,13 +160,18 @@ def evaluate_checkpoint(cfg: Config, checkpoint: str, out: Optional[str] = None,
     """``cdcl eval``: tables on the console and (optionally) a JSON file."""
     from .dist import select_device
 
-    device = device or select_device(cfg.train.device)
-    task = get_task(cfg)
-    model = load_model_for_eval(cfg, checkpoint, device, task)
+    from .config import ConfigError
+    from .utils import check_writable
+
     if only:
         unknown = [n for n in only if n not in cfg.data]
         if unknown:
-            raise KeyError(f"unknown dataset(s) {unknown}; the config has {cfg.names}")
+            raise ConfigError(f"unknown dataset(s) {unknown}; the config {cfg.source} has {cfg.eval_names}")
+    if out:
+        check_writable(out, "--out")  # before the work, not after it
+    device = device or select_device(cfg.train.device)
+    task = get_task(cfg)
+    model = load_model_for_eval(cfg, checkpoint, device, task)
     results = evaluate_model(cfg, model, device, task=task, split=split, only=only)
     if verbose:
         for r in results.values():
@@ -126,7 +179,7 @@ def evaluate_checkpoint(cfg: Config, checkpoint: str, out: Optional[str] = None,
         print(summary_table(results))
     data = results_json(results)
     if out:
+        from .utils import atomic_write_bytes
         os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-        with open(out, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2)
+        atomic_write_bytes(out, json.dumps(data, indent=2).encode("utf-8"))
     return data

@@ -28,15 +28,23 @@ class _Logits(nn.Module):
 
 def export_onnx(cfg: Config, model: nn.Module, name: str, path: str, fold: bool = True,
                 opset: int = 17) -> Dict[str, Any]:
-    """Write ``path`` and return a report (parameters, folded BNs, max abs diff)."""
+    """Write ``path`` and return a report (parameters, folded BNs, max abs diff).
+
+    ``name`` is any dataset of ``cfg``: an unseen one (``data.<name>.branch``)
+    exports the branch that serves it, with its own input shape."""
+    from .config import ConfigError
+
     task = get_task(cfg)
+    if name not in cfg.data:
+        raise ConfigError(f"no dataset {name!r} to export; the config {cfg.source} has {cfg.eval_names}")
+    branch = cfg.branch_of(name)
     model = model.eval()
     shape = (1,) + tuple(task.input_shape(name, cfg.data[name].as_dict()))
     x = torch.randn(shape, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad(), route(model, name):
+    with torch.no_grad(), route(model, branch):
         ref = model(x)
     ref = ref["out"] if isinstance(ref, dict) else ref
-    plain = collapse(model, name)
+    plain = collapse(model, branch)
     folded = 0
     if fold:
         try:
@@ -51,7 +59,7 @@ def export_onnx(cfg: Config, model: nn.Module, name: str, path: str, fold: bool 
     torch.onnx.export(wrapped, (x,), path, input_names=["input"], output_names=["logits"],
                       opset_version=opset, dynamo=False)
     report: Dict[str, Any] = {
-        "onnx": path, "dataset": name, "input_shape": list(shape),
+        "onnx": path, "dataset": name, "branch": branch, "input_shape": list(shape),
         "parameters": count_parameters(plain), "folded_batchnorms": folded,
         "max_abs_diff_collapsed_vs_routed": float((torch_out - ref).abs().max()),
     }

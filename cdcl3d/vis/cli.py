@@ -249,10 +249,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run ``cdcl show``; bad input prints ``cdcl show: error: ...`` and returns 2."""
+    """Run ``cdcl show``; bad input prints ``cdcl show: error: ...`` and returns 2
+    (``cdcl -v show`` keeps the traceback)."""
+    from common.errors import UserError
+
     try:
         return _run(args)
-    except (FileNotFoundError, ValueError, RuntimeError, ImportError) as exc:
+    except (UserError, FileNotFoundError, ValueError, RuntimeError) as exc:
+        # ValueError: the readers' bad-file errors; RuntimeError: a renderer that crashed
+        if getattr(args, "verbose", False):
+            raise
         print(f"cdcl show: error: {exc}", file=sys.stderr)
         return 2
 

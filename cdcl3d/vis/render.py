@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -187,6 +188,34 @@ def splat_scan(points: np.ndarray, colors: np.ndarray, width: int = 800, height:
 
 # -- Open3D renderer (in-process) ---------------------------------------------------
 
+#: exit status of a render child that could not import Open3D (its stderr says why)
+_MISSING_OPEN3D_EXIT = 3
+
+
+def import_open3d():
+    """``import open3d``, or :class:`common.errors.MissingDependencyError` saying
+    what is missing (the package, or a system library it loads such as
+    ``libusb-1.0.so.0``) and that ``scripts/install.sh`` installs it."""
+    try:
+        import open3d
+    except (ImportError, OSError) as exc:
+        from common.errors import MissingDependencyError
+        raise MissingDependencyError(open3d_missing(exc)) from None
+    return open3d
+
+
+def open3d_missing(exc: BaseException) -> str:
+    """One line on why Open3D does not import."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    lib = re.search(r"(lib[\w.+-]*\.so[\w.]*)", text)
+    if lib:
+        return (f"Open3D cannot load the system library {lib.group(1)} ({text}); scripts/install.sh "
+                "installs the libraries Open3D needs (apt-get install libusb-1.0-0 libgl1 libegl1 libgomp1 "
+                "libvulkan1 mesa-vulkan-drivers); --backend numpy renders without Open3D")
+    return (f"Open3D is not importable ({type(exc).__name__}: {text}); scripts/install.sh installs it "
+            "(pip install open3d) and the system libraries it needs; --backend numpy renders without Open3D")
+
+
 _RENDERERS: Dict[Tuple[int, int], Any] = {}
 
 
@@ -201,8 +230,7 @@ def _renderer(width: int, height: int):
             (w0, h0), = _RENDERERS
             raise RuntimeError(f"this process already renders at {w0}x{h0}; Open3D cannot hold a second "
                                f"offscreen renderer ({width}x{height}) safely: use render_scan_subprocess")
-        import open3d as o3d
-
+        o3d = import_open3d()
         o3d.utility.set_verbosity_level(o3d.utility.VerbosityLevel.Error)
         r = o3d.visualization.rendering.OffscreenRenderer(width, height)
         # Exact colours: no tone mapping / dithering, no anti-aliasing.
@@ -222,8 +250,7 @@ def render_scan(points: np.ndarray, colors: np.ndarray, width: int = 800, height
     process: where no Vulkan/EGL driver exists this aborts the interpreter, so
     prefer :func:`render_scan_subprocess` when that matters.
     """
-    import open3d as o3d
-
+    o3d = import_open3d()
     p = _check_points(points)
     col = _as_uint8_colors(colors, len(p))
     cam = make_camera(camera, width, height, view_m)
@@ -294,6 +321,10 @@ def _render_in_child(jobs: Sequence[Dict[str, Any]], timeout: float) -> List[np.
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
         except subprocess.TimeoutExpired as exc:
             raise RuntimeError(f"Open3D offscreen rendering timed out after {timeout:.0f} s") from exc
+        if proc.returncode == _MISSING_OPEN3D_EXIT:
+            from common.errors import MissingDependencyError
+            raise MissingDependencyError(proc.stderr.strip().splitlines()[-1] if proc.stderr.strip()
+                                         else "Open3D is not importable in the render child process")
         if proc.returncode != 0 or not os.path.exists(dst):
             how = (f"killed by signal {-proc.returncode}" if proc.returncode < 0
                    else f"exit status {proc.returncode}")
@@ -384,6 +415,11 @@ def _child_main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--npz", required=True, help="input .npz with points_i, colors_i, meta")
     parser.add_argument("--out", required=True, help="output .npz with image_i")
     args = parser.parse_args(argv)
+    try:
+        import_open3d()
+    except ImportError as exc:  # one line for the parent, no traceback
+        print(exc, file=sys.stderr, flush=True)
+        os._exit(_MISSING_OPEN3D_EXIT)
     with np.load(args.npz) as data:
         meta = json.loads(str(data["meta"]))
         images = {}

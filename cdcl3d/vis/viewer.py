@@ -91,7 +91,9 @@ def show_window(load_scan: Callable[[int], ScanData], num_scans: int, palette: O
                 title: str = "cdcl show") -> None:
     """Open an Open3D window on scan ``start`` of ``num_scans`` (loaded lazily by
     ``load_scan(i)``) and run until Q or the window closes."""
-    import open3d as o3d
+    from .render import import_open3d
+
+    o3d = import_open3d()
 
     if not has_display():
         raise RuntimeError("no display ($DISPLAY and $WAYLAND_DISPLAY are unset): render to PNG "
