@@ -141,7 +141,8 @@ class ImageTask(Task):
         if cfg.get("num_classes") is not None and int(cfg["num_classes"]) != len(reader.class_names):
             raise ValueError(f"data.{name}.num_classes is {cfg['num_classes']} but {kind} has "
                              f"{len(reader.class_names)} classes")
-        return reader(cfg["root"], split, transform=transform, dataset_name=name)
+        return reader(cfg["root"], split, transform=transform, dataset_name=name,
+                      on_bad_sample=cfg.get("on_bad_sample", "raise"))
 
     def num_classes(self, name, cfg):
         from .datasets import READERS

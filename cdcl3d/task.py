@@ -108,8 +108,9 @@ def build_reader(name: str, cfg: Dict[str, Any], split: str):
 
 @functools.lru_cache(maxsize=4)
 def _nusc_cache(root: str, version: str):
-    """One devkit database per (root, version), shared by the splits."""
-    from nuscenes import NuScenes
+    """One devkit database per (root, version), shared by the splits; a table
+    it cannot load is a DataError naming the file."""
+    from .datasets.nuscenes import load_nuscenes
 
     table_root = os.path.join(root, version)
     if not os.path.isdir(table_root):
@@ -117,7 +118,7 @@ def _nusc_cache(root: str, version: str):
     if not version.endswith("test") and not os.path.isfile(os.path.join(table_root, "lidarseg.json")):
         raise FileNotFoundError(f"nuScenes root {root} has no lidarseg annotations "
                                 f"({os.path.join(table_root, 'lidarseg.json')} missing)")
-    return NuScenes(version=version, dataroot=root, verbose=False)
+    return load_nuscenes(root, version)
 
 
 class _PointsOnly(torch.utils.data.Dataset):
@@ -133,7 +134,7 @@ class _PointsOnly(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> Dict[str, Any]:
         item = dict(self.base[i])
-        if self.augment:
+        if self.augment and "skipped" not in item:  # a skipped item passes as it is
             from .augment import augment_points
             rng = np.random.default_rng(np.random.randint(2 ** 31))
             pts, keep = augment_points(item["points"], rng, **self.augment)
@@ -282,9 +283,11 @@ class LidarTask(Task):
     @torch.no_grad()
     def predict_points(self, model, batch, opts, knn_module=None):
         """Per-point predictions of a batch: list of (N,) long tensors (and KNN ones)."""
-        out = self.forward(model, batch)
         if "voxel_feats" in batch:
-            return _split_points(out.argmax(1), batch), None, None
+            if batch["voxel_feats"].shape[0] == 0:  # only empty scans: nothing to run
+                return _split_points(batch["point2voxel"].new_zeros(0), batch), None, None
+            return _split_points(self.forward(model, batch).argmax(1), batch), None, None
+        out = self.forward(model, batch)
         argmax = out.argmax(1)  # (B, H, W)
         plain, knn = [], []
         for b in range(argmax.shape[0]):

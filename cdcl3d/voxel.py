@@ -131,7 +131,8 @@ def collate_sparse(items: List[Dict[str, Any]], voxel_size: VoxelSize = 0.2,
     Use with ``functools.partial(collate_sparse, voxel_size=..., ...)`` as a
     DataLoader ``collate_fn``. Items are dicts with ``points`` ``(N, 4+)``
     float32 (x, y, z, intensity, ...), ``labels`` ``(N,)`` int64 or None, and
-    optional ``id`` and ``dataset``.
+    optional ``id`` and ``dataset``. An empty scan (N = 0) owns no voxel and
+    no point (its prediction is empty).
 
     Returns a dict:
 
@@ -157,14 +158,15 @@ def collate_sparse(items: List[Dict[str, Any]], voxel_size: VoxelSize = 0.2,
         pts = torch.as_tensor(it["points"])
         try:
             f = point_features(pts, intensity_scale, use_range)
-            vox = voxelize(f, voxel_size, point_range, xyz=pts[:, :3])
+            vox = voxelize(f, voxel_size, point_range, xyz=pts[:, :3]) if len(f) else None
         except ValueError as exc:
             raise ValueError(f"item {name!r}: {exc}") from None
-        n, v = f.shape[0], vox["coords"].shape[0]
-        feats.append(vox["feats"])
-        coords.append(torch.cat([torch.full((v, 1), b, dtype=torch.int32), vox["coords"]], dim=1))
-        p2v.append(vox["point2voxel"] + voxel_offsets[-1])
-        shape = [max(a, s) for a, s in zip(shape, vox["spatial_shape"])]
+        n, v = f.shape[0], (vox["coords"].shape[0] if vox is not None else 0)
+        if vox is not None:
+            feats.append(vox["feats"])
+            coords.append(torch.cat([torch.full((v, 1), b, dtype=torch.int32), vox["coords"]], dim=1))
+            p2v.append(vox["point2voxel"] + voxel_offsets[-1])
+            shape = [max(a, s) for a, s in zip(shape, vox["spatial_shape"])]
         if any_labels:
             lab = it.get("labels")
             if lab is None:
@@ -176,6 +178,9 @@ def collate_sparse(items: List[Dict[str, Any]], voxel_size: VoxelSize = 0.2,
             labels.append(lab)
         offsets.append(offsets[-1] + n)
         voxel_offsets.append(voxel_offsets[-1] + v)
+    if not feats:  # every scan empty
+        feats = [torch.zeros(0, num_input_channels(use_range))]
+        coords, p2v = [torch.zeros(0, 4, dtype=torch.int32)], [torch.zeros(0, dtype=torch.int64)]
     batch: Dict[str, Any] = {
         "voxel_feats": torch.cat(feats),
         "voxel_coords": torch.cat(coords),

@@ -129,6 +129,7 @@ def cmd_predict(args) -> int:
     from torch.utils.data import DataLoader
 
     from .build import build_dataset, get_task
+    from .data import bad_sample_action
     from .dataset_specific import route
     from .utils import check_writable
 
@@ -141,7 +142,9 @@ def cmd_predict(args) -> int:
     loader = DataLoader(ds, batch_size=1, shuffle=False, num_workers=cfg.eval.num_workers,
                         collate_fn=task.collate_fn(args.dataset, cfg.data[args.dataset].as_dict()))
     from .evaluation import eval_options
-    with route(model, cfg.branch_of(args.dataset)):
+    # a submission needs a file for every sample: an unreadable one is an
+    # error naming it even under on_bad_sample: skip (an empty scan is read)
+    with route(model, cfg.branch_of(args.dataset)), bad_sample_action(ds, "raise"):
         written = task.predict(model, loader, args.dataset, ds, device, args.out,
                                dict(eval_options(cfg, args.dataset), split=args.split))
     print(f"wrote predictions for {args.dataset}/{args.split} under {args.out}"

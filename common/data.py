@@ -10,6 +10,7 @@ permutation by rank (what ``DistributedSampler`` does).
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
@@ -17,6 +18,8 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
+
+from .errors import DataError
 
 logger = logging.getLogger(__name__)
 
@@ -231,3 +234,138 @@ def build_label_lut(mapping: Dict[int, int], ignore_index: int = 255, size: int 
     for src, dst in mapping.items():
         lut[int(src)] = int(dst)
     return lut
+
+
+# -- bad samples ---------------------------------------------------------------------
+
+ON_BAD_SAMPLE = ("raise", "skip")
+BAD_SAMPLE_ERRORS = (ValueError, OSError)  # what a reader raises for a file it cannot use
+
+
+def skipped_item(sample_id: Any, dataset: str, reason: str) -> Dict[str, Any]:
+    """What a reader returns in place of a sample it cannot read, while it
+    drops bad samples (evaluation under ``on_bad_sample: skip``)."""
+    return {"skipped": str(reason), "id": sample_id, "dataset": dataset}
+
+
+def is_skipped(item: Any) -> bool:
+    return isinstance(item, dict) and "skipped" in item
+
+
+class BadSamplePolicy:
+    """``on_bad_sample`` for a reader (mixed into its Dataset).
+
+    The reader's loading function raises ``ValueError``/``OSError`` on a bad
+    file (a :class:`~common.errors.DataError` naming the file);
+    :meth:`read_sample` then acts as the policy says:
+
+    * ``raise`` (default): the error reaches the caller (one line from ``cdcl``).
+    * ``skip``, in training (``"replace"``, the default action): the sample
+      is logged and replaced by the next readable one (cyclically), so an
+      epoch keeps its length and a loader never stalls;
+    * ``skip``, in evaluation (``"drop"``, set by :func:`bad_sample_action`):
+      the sample is logged and returned as a :func:`skipped_item`, which
+      :class:`DropSkipped` leaves out of the batch and lists: a bad sample is
+      never silently replaced by (and counted as) another one.
+
+    ``cdcl predict`` asks for ``"raise"`` whatever the setting: a submission
+    needs a file for every sample the benchmark expects.
+
+    Subclasses set ``on_bad_sample`` (:func:`check_on_bad_sample`), ``name``
+    and ``root`` and implement ``sample_id(index)``.
+    """
+
+    on_bad_sample: str = "raise"
+    _bad_action: Optional[str] = None  # set by bad_sample_action()
+
+    @property
+    def bad_action(self) -> str:
+        """``"raise"``, ``"replace"`` or ``"drop"``: what a bad sample gets now."""
+        if self._bad_action is not None:
+            return self._bad_action
+        return "replace" if self.on_bad_sample == "skip" else "raise"
+
+    def sample_id(self, index: int) -> Any:
+        raise NotImplementedError
+
+    def read_sample(self, index: int, load: Callable[[int], Any]) -> Any:
+        """``load(index)`` under the policy (see the class docstring)."""
+        action = self.bad_action
+        if action == "raise":
+            return load(index)
+        n = len(self)
+        for k in range(n if action == "replace" else 1):
+            i = (index + k) % n
+            try:
+                return load(i)
+            except BAD_SAMPLE_ERRORS as exc:
+                logger.warning("skipping bad sample %s of %s: %s", self.sample_id(i), self._policy_name, exc)
+                if action == "drop":
+                    return skipped_item(self.sample_id(i), self._policy_name, str(exc))
+        raise DataError(f"{self._policy_name}: no readable sample in {self.root}: all {n} are bad "
+                        "(on_bad_sample: skip; see the warnings above)")
+
+    @property
+    def _policy_name(self) -> str:
+        return getattr(self, "dataset_name", None) or getattr(self, "name", type(self).__name__)
+
+
+def check_on_bad_sample(value: str) -> str:
+    if value not in ON_BAD_SAMPLE:
+        raise ValueError(f"on_bad_sample must be 'raise' or 'skip', got {value!r}")
+    return value
+
+
+@contextlib.contextmanager
+def bad_sample_action(dataset: Dataset, action: str) -> Iterator[None]:
+    """Within the block the reader under ``dataset`` (through ``.base``
+    wrappers) meets a bad sample with ``action``: ``"drop"`` (evaluation:
+    only where ``on_bad_sample`` is ``skip``, else it still raises) or
+    ``"raise"`` (whatever the setting). No-op for datasets without a policy."""
+    if action not in ("drop", "raise"):
+        raise ValueError(f"bad_sample_action: action must be 'drop' or 'raise', got {action!r}")
+    reader, _ = unwrap_dataset(dataset)
+    if not isinstance(reader, BadSamplePolicy):
+        yield
+        return
+    saved = reader._bad_action
+    reader._bad_action = "drop" if action == "drop" and reader.on_bad_sample == "skip" else "raise"
+    try:
+        yield
+    finally:
+        reader._bad_action = saved
+
+
+class DropSkipped:
+    """Collate wrapper for evaluation: collates a batch's readable items and
+    lists the skipped ones. Returns ``{"batch": the collated batch, or None
+    when every item was skipped, "samples": number of readable items,
+    "skipped": [(id, reason), ...]}``; :class:`SkipTracker` unpacks it."""
+
+    def __init__(self, collate_fn: Optional[Callable] = None) -> None:
+        from torch.utils.data.dataloader import default_collate
+
+        self.collate_fn = collate_fn or default_collate
+
+    def __call__(self, items: List[Any]) -> Dict[str, Any]:
+        good = [it for it in items if not is_skipped(it)]
+        return {"batch": self.collate_fn(good) if good else None, "samples": len(good),
+                "skipped": [(it["id"], it["skipped"]) for it in items if is_skipped(it)]}
+
+
+class SkipTracker:
+    """Iterates the batches of a loader collated by :class:`DropSkipped` and
+    counts: ``samples`` (readable items yielded) and ``skipped`` (``[(id,
+    reason), ...]`` in loader order)."""
+
+    def __init__(self, loader: Any) -> None:
+        self.loader = loader
+        self.samples = 0
+        self.skipped: List[Tuple[Any, str]] = []
+
+    def __iter__(self) -> Iterator[Any]:
+        for out in self.loader:
+            self.samples += out["samples"]
+            self.skipped.extend(out["skipped"])
+            if out["batch"] is not None:
+                yield out["batch"]

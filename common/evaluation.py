@@ -13,22 +13,27 @@ from torch.utils.data import DataLoader, Subset
 from .build import build_dataset, build_model, get_task, num_classes_of
 from .checkpoint import CheckpointError, check_state_dict, load_checkpoint, unwrap
 from .config import Config
+from .data import DropSkipped, SkipTracker, bad_sample_action
 from .dataset_specific import route
+from .errors import DataError
 from .metrics import ConfusionMatrix
 from .task import Task
 
 logger = logging.getLogger(__name__)
 
 
-def build_eval_loader(cfg: Config, name: str, dataset, task: Task) -> DataLoader:
+def build_eval_loader(cfg: Config, name: str, dataset, task: Task) -> SkipTracker:
+    """The evaluation batches of ``dataset``: a loader that leaves samples
+    skipped as bad (``on_bad_sample: skip``) out of its batches and counts
+    them (``.skipped``) and the samples it yields (``.samples``)."""
     if cfg.eval.max_samples is not None and len(dataset) > cfg.eval.max_samples:
         dataset_view = Subset(dataset, list(range(cfg.eval.max_samples)))
     else:
         dataset_view = dataset
-    return DataLoader(dataset_view, batch_size=cfg.eval.batch_size, shuffle=False,
-                      num_workers=cfg.eval.num_workers,
-                      collate_fn=task.collate_fn(name, cfg.data[name].as_dict()),
-                      generator=torch.Generator().manual_seed(0))
+    return SkipTracker(DataLoader(dataset_view, batch_size=cfg.eval.batch_size, shuffle=False,
+                                  num_workers=cfg.eval.num_workers,
+                                  collate_fn=DropSkipped(task.collate_fn(name, cfg.data[name].as_dict())),
+                                  generator=torch.Generator().manual_seed(0)))
 
 
 def eval_options(cfg: Config, name: str) -> Dict[str, Any]:
@@ -43,8 +48,11 @@ def evaluate_model(cfg: Config, model: nn.Module, device: torch.device,
     """Evaluate every dataset of ``cfg`` on its validation split.
 
     Returns ``{dataset: {"miou", "acc", "fwiou", "iou": {class: iou},
-    "variants": {variant: summary}, "tables": str}}``; the headline numbers
-    are those of the task's first evaluation variant.
+    "variants": {variant: summary}, "samples": int, "skipped": [id, ...],
+    "tables": str}}``; the headline numbers are those of the task's first
+    evaluation variant. Under ``on_bad_sample: skip`` a bad sample is left
+    out, never replaced, and listed in ``skipped``; ``samples`` counts those
+    scored. Nothing left to score is a :class:`DataError`.
     """
     task = task or get_task(cfg)
     model = unwrap(model)
@@ -58,9 +66,14 @@ def evaluate_model(cfg: Config, model: nn.Module, device: torch.device,
         if ds is None:
             ds = build_dataset(cfg, name, split or cfg.data[name].val_split, False, task)
         loader = build_eval_loader(cfg, name, ds, task)
-        with route(model, cfg.branch_of(name)):
+        with route(model, cfg.branch_of(name)), bad_sample_action(ds, "drop"):
             cms: Dict[str, ConfusionMatrix] = task.evaluate(model, loader, name, ds, device,
                                                            eval_options(cfg, name))
+        skipped = [sid for sid, _ in loader.skipped]
+        if loader.samples == 0:
+            raise DataError(f"{name}: nothing to evaluate: all {len(skipped)} skipped as bad data "
+                            f"(on_bad_sample: skip; see the warnings above)" if skipped else
+                            f"{name}: nothing to evaluate (no samples)")
         mode = task.miou_mode(name, cfg.data[name].as_dict())
         scored = getattr(ds, "scored_classes", None)  # a remapped dataset's reachable classes
         variants = {k: cm.summary(mode, scored) for k, cm in cms.items()}
@@ -68,6 +81,7 @@ def evaluate_model(cfg: Config, model: nn.Module, device: torch.device,
         res = dict(variants[headline])
         res["variant"] = headline
         res["variants"] = variants
+        res["samples"], res["skipped"] = loader.samples, skipped
         res["tables"] = "\n\n".join(cm.table(f"[{name}] {k}", mode, scored) for k, cm in cms.items())
         results[name] = res
     if was_training:
@@ -85,6 +99,12 @@ def summary_table(results: Dict[str, Dict[str, Any]]) -> str:
         for var, s in r["variants"].items():
             lines.append(f"{name:<16} {var:<12} {100 * s['miou']:7.2f} {100 * s['acc']:7.2f} "
                          f"{100 * s['fwiou']:7.2f}")
+    for name, r in results.items():
+        skipped = r.get("skipped") or []
+        if skipped:
+            shown = ", ".join(str(s) for s in skipped[:10]) + (" ..." if len(skipped) > 10 else "")
+            lines.append(f"{name}: skipped {len(skipped)} bad sample(s), not scored "
+                         f"(on_bad_sample: skip; {r.get('samples')} scored): {shown}")
     return "\n".join(lines)
 
 

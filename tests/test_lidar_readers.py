@@ -16,6 +16,7 @@ from cdcl3d.datasets import (NuScenesLabelMap, NuScenesLidarSeg, RangeImageDatas
 from cdcl3d.datasets import nuscenes as nus_io
 from cdcl3d.datasets import semantickitti as kitti_io
 from cdcl3d.projection import KITTI_SENSOR, NUSCENES_SENSOR, RangeProjection
+from common.errors import DataError
 
 REF_YAML = os.path.join(os.path.dirname(__file__), "..", "cdcl3d", "data", "semantic-kitti.yaml")
 
@@ -162,17 +163,16 @@ def test_kitti_skip_bad_samples(tmp_path, caplog):
     _write_kitti(root, seqs=("00",), frames=4)
     velo = os.path.join(root, "sequences", "00", "velodyne")
     with open(os.path.join(velo, "000000.bin"), "ab") as f:
-        f.write(b"\0" * 6)  # found at construction by its size
+        f.write(b"\0" * 6)  # a size that is not a multiple of 16
     pts = np.fromfile(os.path.join(velo, "000002.bin"), np.float32).reshape(-1, 4)
     pts[0, 0] = np.inf
-    pts.tofile(os.path.join(velo, "000002.bin"))  # found at load time
+    pts.tofile(os.path.join(velo, "000002.bin"))
     with caplog.at_level(logging.WARNING):
         ds = SemanticKITTI(root, split="train", sequences=["00"], on_bad_sample="skip")
-        assert len(ds) == 3
-        assert "000000.bin" in caplog.text
-        ids = [ds[i]["id"] for i in range(len(ds))]
-    assert ids == ["00/000001", "00/000003", "00/000003"]
-    assert "000002.bin" in caplog.text
+        assert len(ds) == 4  # every scan stays listed; a bad one is found when read
+        ids = [ds[i]["id"] for i in range(len(ds))]  # training: replaced by the next readable one
+    assert ids == ["00/000001", "00/000001", "00/000003", "00/000003"]
+    assert "000000.bin" in caplog.text and "000002.bin" in caplog.text
 
 
 # -- nuScenes ------------------------------------------------------------------------
@@ -346,9 +346,9 @@ def test_nuscenes_bad_files(tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         skip = NuScenesLidarSeg(root, version="v1.0-mini", split="train", on_bad_sample="skip",
                                 nusc=ds.nusc)
-        assert len(skip) == 1  # the label count is caught at construction
-        with pytest.raises(RuntimeError, match="no readable scan"):
-            skip[0]  # the NaN scan is the only one left
+        assert len(skip) == 2  # both stay listed; each is found bad when read
+        with pytest.raises(DataError, match="no readable sample.*all 2 are bad"):
+            skip[0]
     assert tok_bad_labels in caplog.text and "NaN" in caplog.text
 
 

@@ -4,6 +4,13 @@ A reader lists ``(image_path, label_path_or_None, sample_id)`` triples; this
 base class loads them, maps raw label values to train ids through a 256-entry
 table (unknown values are an error naming the file), applies the transform
 and returns ``{"inputs", "labels", "id", "dataset"}``.
+
+Bad data (an unreadable image or mask, a mask of another size than its
+image, an unknown label value) is a :class:`~common.errors.DataError` naming
+the file, found when the sample is read; with ``on_bad_sample='skip'`` the
+sample is skipped as :class:`common.data.BadSamplePolicy` says (replaced by
+the next readable one in training, dropped and listed in evaluation). A
+split without images is a ``DataError`` naming the image folder.
 """
 from __future__ import annotations
 
@@ -13,6 +20,9 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 from PIL import Image
+
+from common.data import BadSamplePolicy, check_on_bad_sample
+from common.errors import DataError
 
 from ..transforms import Normalize
 from .labels import IGNORE_INDEX, UNKNOWN
@@ -29,7 +39,7 @@ def load_image(path: str) -> np.ndarray:
         with Image.open(path) as img:
             return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
     except (OSError, ValueError) as exc:
-        raise ValueError(f"{path}: cannot read image ({exc})") from exc
+        raise DataError(f"{path}: cannot read image ({exc})") from exc
 
 
 def load_mask(path: str) -> np.ndarray:
@@ -39,28 +49,30 @@ def load_mask(path: str) -> np.ndarray:
     try:
         with Image.open(path) as img:
             if img.mode not in ("L", "P", "I", "I;16", "1"):
-                raise ValueError(f"{path}: label image must be single-channel (mode L or P), "
-                                 f"got mode {img.mode}")
+                raise DataError(f"{path}: label image must be single-channel (mode L or P), "
+                                f"got mode {img.mode}")
             mask = np.asarray(img)
     except OSError as exc:
-        raise ValueError(f"{path}: cannot read label image ({exc})") from exc
+        raise DataError(f"{path}: cannot read label image ({exc})") from exc
     if mask.ndim != 2:
-        raise ValueError(f"{path}: label image must be 2-D, got shape {mask.shape}")
+        raise DataError(f"{path}: label image must be 2-D, got shape {mask.shape}")
     if mask.max(initial=0) > 255 or mask.min(initial=0) < 0:
-        raise ValueError(f"{path}: label values must lie in 0..255, got {mask.min()}..{mask.max()}")
+        raise DataError(f"{path}: label values must lie in 0..255, got {mask.min()}..{mask.max()}")
     return mask.astype(np.uint8)
 
 
-class SegmentationDataset(torch.utils.data.Dataset):
+class SegmentationDataset(BadSamplePolicy, torch.utils.data.Dataset):
     """Base reader. Subclasses set ``class_names``, ``lut`` and fill
-    ``self.samples`` in ``__init__`` (via :meth:`_list_samples`)."""
+    ``self.samples`` in ``__init__`` (via :meth:`_list_samples`, which sets
+    ``self.image_dir``, the folder an empty split is reported by)."""
 
     class_names: List[str] = []
     ignore_index: int = IGNORE_INDEX
     name: str = "base"
 
     def __init__(self, root: str, split: str, transform: Optional[Transform] = None,
-                 dataset_name: Optional[str] = None) -> None:
+                 dataset_name: Optional[str] = None, on_bad_sample: str = "raise") -> None:
+        self.on_bad_sample = check_on_bad_sample(on_bad_sample)
         if not os.path.isdir(root):
             raise FileNotFoundError(f"{type(self).__name__}: dataset root {root!r} is not a directory")
         self.root = root
@@ -69,9 +81,10 @@ class SegmentationDataset(torch.utils.data.Dataset):
         self.normalize = Normalize()
         self.dataset_name = dataset_name or self.name
         self.lut = self.label_table()
+        self.image_dir = root
         self.samples: List[Sample] = self._list_samples()
         if not self.samples:
-            raise FileNotFoundError(f"{type(self).__name__}: no images for split {split!r} under {root}")
+            raise DataError(f"{type(self).__name__}: no images for split {split!r} in {self.image_dir}")
 
     # -- to override ------------------------------------------------------------
     def _list_samples(self) -> List[Sample]:
@@ -94,11 +107,11 @@ class SegmentationDataset(torch.utils.data.Dataset):
         return len(self.samples)
 
     def encode_labels(self, raw: np.ndarray, path: str = "<array>") -> np.ndarray:
-        """Raw label values -> train ids (int64); unknown values raise ValueError."""
+        """Raw label values -> train ids (int64); unknown values raise DataError."""
         out = self.lut[raw]
         if (out == UNKNOWN).any():
             bad = sorted(int(v) for v in np.unique(raw[out == UNKNOWN]))
-            raise ValueError(f"{path}: unknown label id(s) {bad[:10]} for {type(self).__name__}")
+            raise DataError(f"{path}: unknown label id(s) {bad[:10]} for {type(self).__name__}")
         return out
 
     def load(self, index: int) -> Tuple[np.ndarray, Optional[np.ndarray]]:
@@ -109,11 +122,17 @@ class SegmentationDataset(torch.utils.data.Dataset):
             return image, None
         raw = load_mask(label_path)
         if raw.shape != image.shape[:2]:
-            raise ValueError(f"{label_path}: label size {raw.shape[1]}x{raw.shape[0]} does not match "
-                             f"image {image_path} size {image.shape[1]}x{image.shape[0]}")
+            raise DataError(f"{label_path}: label size {raw.shape[1]}x{raw.shape[0]} does not match "
+                            f"image {image_path} size {image.shape[1]}x{image.shape[0]}")
         return image, self.encode_labels(raw, label_path)
 
+    def sample_id(self, index: int) -> str:
+        return self.samples[index][2]
+
     def __getitem__(self, index: int) -> Dict[str, object]:
+        return self.read_sample(index, self._item)
+
+    def _item(self, index: int) -> Dict[str, object]:
         image, labels = self.load(index)
         size = image.shape[:2]
         if self.transform is not None:

@@ -29,7 +29,7 @@ class Cityscapes(SegmentationDataset):
     def _list_samples(self) -> List[Sample]:
         layout = ["leftImg8bit/{split}/{city}/*_leftImg8bit.png",
                   "gtFine/{split}/{city}/*_gtFine_labelIds.png"]
-        image_dir = require_dir(os.path.join(self.root, "leftImg8bit", self.split), "Cityscapes image", layout)
+        image_dir = self.image_dir = require_dir(os.path.join(self.root, "leftImg8bit", self.split), "Cityscapes image", layout)
         label_dir = os.path.join(self.root, "gtFine", self.split)
         with_labels = self.split != "test" and os.path.isdir(label_dir)
         if self.split != "test":
@@ -56,7 +56,7 @@ class BDD100K(SegmentationDataset):
 
     def _list_samples(self) -> List[Sample]:
         layout = ["images/10k/{split}/*.jpg", "labels/sem_seg/masks/{split}/*.png"]
-        image_dir = require_dir(os.path.join(self.root, "images", "10k", self.split), "BDD100K image", layout)
+        image_dir = self.image_dir = require_dir(os.path.join(self.root, "images", "10k", self.split), "BDD100K image", layout)
         label_dir = os.path.join(self.root, "labels", "sem_seg", "masks", self.split)
         with_labels = self.split != "test"
         if with_labels:
@@ -83,7 +83,7 @@ class CamVid(SegmentationDataset):
 
     def _list_samples(self) -> List[Sample]:
         layout = ["{split}/*.png", "{split}annot/*.png"]
-        image_dir = require_dir(os.path.join(self.root, self.split), "CamVid image", layout)
+        image_dir = self.image_dir = require_dir(os.path.join(self.root, self.split), "CamVid image", layout)
         label_dir = require_dir(os.path.join(self.root, self.split + "annot"), "CamVid label", layout)
         samples = []
         for image_path in sorted_files(image_dir, ".png"):
@@ -111,7 +111,7 @@ class KITTISemantic(SegmentationDataset):
         layout = ["training/image_2/*.png", "training/semantic/*.png"]
         testing = self.split in ("test", "testing")
         part = "testing" if testing else "training"
-        image_dir = require_dir(os.path.join(self.root, part, "image_2"), "KITTI image", layout)
+        image_dir = self.image_dir = require_dir(os.path.join(self.root, part, "image_2"), "KITTI image", layout)
         label_dir = None if testing else require_dir(os.path.join(self.root, part, "semantic"),
                                                      "KITTI label", layout)
         samples = []

@@ -11,19 +11,25 @@ Splits come from ``nuscenes.utils.splits.create_splits_scenes()``; for
 ``v1.0-mini`` the names ``train``/``val`` mean ``mini_train``/``mini_val``.
 ``v1.0-test`` (split ``test``) has no labels.
 
-Bad samples: as in :mod:`cdcl3d.datasets.semantickitti` -- with
-``on_bad_sample='skip'`` size problems are dropped (and logged) at
-construction, content problems are logged at load time and replaced by the
-next good sample.
+Bad samples: as in :mod:`cdcl3d.datasets.semantickitti`, a bad file (size,
+label count, NaN/inf points, unknown fine ids, no lidarseg record) raises
+:class:`~common.errors.DataError` naming it when it is read, and
+``on_bad_sample='skip'`` acts as :class:`~cdcl3d.datasets.base.ScanReader`
+says. A table the devkit cannot load (not JSON, not a list of records) and a
+split without scans are ``DataError`` naming the file or the tables' folder.
 """
 from __future__ import annotations
 
+import glob
+import json
 import logging
 import os
 from typing import Any, Dict, List, Optional
 
 import numpy as np
 import torch
+
+from common.errors import DataError
 
 from .base import ScanReader
 from .labelmap import NuScenesLabelMap, nuscenes_challenge_classes
@@ -37,12 +43,12 @@ def read_points(path: str) -> np.ndarray:
     """Read a nuScenes ``.pcd.bin`` as ``(N, 5)`` float32 (x, y, z, intensity, ring)."""
     size = os.path.getsize(path)
     if size % POINT_BYTES != 0:
-        raise ValueError(f"{path}: size {size} bytes is not a multiple of {POINT_BYTES} "
-                         "(5 float32 per point)")
+        raise DataError(f"{path}: size {size} bytes is not a multiple of {POINT_BYTES} "
+                        "(5 float32 per point)")
     points = np.fromfile(path, dtype=np.float32).reshape(-1, 5)
     if not np.isfinite(points).all():
         bad = int((~np.isfinite(points)).any(axis=1).sum())
-        raise ValueError(f"{path}: {bad} point(s) with NaN or infinite values")
+        raise DataError(f"{path}: {bad} point(s) with NaN or infinite values")
     return points
 
 
@@ -50,8 +56,40 @@ def read_labels(path: str, num_points: int) -> np.ndarray:
     """Read a lidarseg ``.bin`` as ``(N,)`` uint8 fine ids; checks the count."""
     labels = np.fromfile(path, dtype=np.uint8)
     if labels.shape[0] != num_points:
-        raise ValueError(f"{path}: {labels.shape[0]} labels but the scan has {num_points} points")
+        raise DataError(f"{path}: {labels.shape[0]} labels but the scan has {num_points} points")
     return labels
+
+
+def load_nuscenes(root: str, version: str) -> Any:
+    """nuscenes-devkit's database of ``<root>/<version>/*.json``. Tables the
+    devkit cannot load are a :class:`DataError` naming the file (the devkit's
+    own errors, ``JSONDecodeError`` or ``TypeError: string indices must be
+    integers``, name none)."""
+    from nuscenes import NuScenes
+
+    try:
+        return NuScenes(version=version, dataroot=root, verbose=False)
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError, AssertionError) as exc:
+        raise DataError(_table_problem(os.path.join(root, version), exc)) from exc
+
+
+def _table_problem(table_root: str, exc: Exception) -> str:
+    """Which table under ``table_root`` is malformed, found by reading each one."""
+    for path in sorted(glob.glob(os.path.join(table_root, "*.json"))):
+        try:
+            with open(path, encoding="utf-8") as f:
+                table = json.load(f)
+        except ValueError as err:  # JSONDecodeError, UnicodeDecodeError
+            return f"{path}: not valid JSON ({err})"
+        if not isinstance(table, list):
+            return f"{path}: a nuScenes table must be a list of records (JSON objects), got a {type(table).__name__}"
+        for i, rec in enumerate(table):
+            if not isinstance(rec, dict) or "token" not in rec:
+                what = "has no 'token'" if isinstance(rec, dict) else f"is a {type(rec).__name__}"
+                return (f"{path}: a nuScenes table must be a list of records (JSON objects with a "
+                        f"'token'); record {i} {what}")
+    return (f"nuscenes-devkit cannot load the tables in {table_root} "
+            f"({type(exc).__name__}: {exc}); a record refers to a missing one or lacks a field")
 
 
 def _split_name(version: str, split: str) -> str:
@@ -92,9 +130,7 @@ class NuScenesLidarSeg(ScanReader):
                     f"nuScenes root {self.root} has no lidarseg annotations for {version} "
                     f"({os.path.join(table_root, 'lidarseg.json')} missing); install nuScenes-lidarseg "
                     "into the dataroot")
-            from nuscenes import NuScenes
-
-            nusc = NuScenes(version=version, dataroot=self.root, verbose=False)
+            nusc = load_nuscenes(self.root, version)
         elif self.has_labels and not hasattr(nusc, "lidarseg"):
             raise FileNotFoundError(f"the given NuScenes ({nusc.dataroot}, {nusc.version}) has no "
                                     "lidarseg table (lidarseg.json missing)")
@@ -104,11 +140,10 @@ class NuScenesLidarSeg(ScanReader):
         splits = create_splits_scenes()
         split_key = _split_name(version, split)
         if split_key not in splits:
-            raise ValueError(f"unknown nuScenes split {split!r}; valid: {', '.join(sorted(splits))}")
+            from common.config import ConfigError
+            raise ConfigError(f"unknown nuScenes split {split!r} for {version}; valid: {', '.join(sorted(splits))}")
         wanted = set(splits[split_key])
         scene_tokens = {s["token"]: s["name"] for s in nusc.scene if s["name"] in wanted}
-        if not scene_tokens:
-            logger.warning("nuScenes %s: no scene of split %r in %s", version, split_key, table_root)
 
         label_files: Dict[str, str] = {}
         if self.has_labels:
@@ -123,32 +158,18 @@ class NuScenesLidarSeg(ScanReader):
             sd = nusc.get("sample_data", sd_token)
             entry = {"token": sd_token, "points": os.path.join(self.root, sd["filename"]), "labels": None}
             if self.has_labels:
-                if sd_token not in label_files:
-                    msg = f"no lidarseg record for LIDAR_TOP sample_data {sd_token} ({entry['points']})"
-                    if on_bad_sample == "raise":
-                        raise ValueError(msg)
-                    logger.warning("skipping: %s", msg)
-                    continue
-                entry["labels"] = os.path.join(self.root, label_files[sd_token])
+                if sd_token in label_files:
+                    entry["labels"] = os.path.join(self.root, label_files[sd_token])
+                else:  # found when read, like any bad file
+                    entry["error"] = (f"{os.path.join(table_root, 'lidarseg.json')}: no lidarseg record for "
+                                      f"LIDAR_TOP sample_data {sd_token} ({entry['points']})")
             self.samples.append(entry)
-        if on_bad_sample == "skip":
-            self.samples = [s for s in self.samples if self._sizes_ok(s)]
+        if not self.samples:
+            raise DataError(f"nuScenes split {split_key!r} has no scans: none of its {len(wanted)} scenes has a "
+                            f"LIDAR_TOP keyframe in the tables of {table_root}")
 
-    def _sizes_ok(self, s: Dict[str, Optional[str]]) -> bool:
-        try:
-            size = os.path.getsize(s["points"])
-            lsize = os.path.getsize(s["labels"]) if s["labels"] else None
-        except OSError as exc:
-            logger.warning("skipping nuScenes sample %s: %s", s["token"], exc)
-            return False
-        if size == 0 or size % POINT_BYTES:
-            logger.warning("skipping %s: size %d is not a positive multiple of %d bytes",
-                           s["points"], size, POINT_BYTES)
-            return False
-        if lsize is not None and lsize != size // POINT_BYTES:
-            logger.warning("skipping %s: %d labels for %d points", s["labels"], lsize, size // POINT_BYTES)
-            return False
-        return True
+    def sample_id(self, index: int) -> str:
+        return self.samples[index]["token"]
 
     def __getstate__(self) -> Dict[str, Any]:
         # DataLoader workers need only the file lists; the devkit database is
@@ -160,6 +181,8 @@ class NuScenesLidarSeg(ScanReader):
     def load(self, index: int) -> Dict[str, Any]:
         """Read sample ``index`` (raises on bad data whatever ``on_bad_sample`` says)."""
         s = self.samples[index]
+        if s.get("error"):
+            raise DataError(s["error"])
         points = read_points(s["points"])
         labels = None
         if s["labels"] is not None:
@@ -167,7 +190,7 @@ class NuScenesLidarSeg(ScanReader):
             try:
                 labels = self.label_map.to_train(fine)
             except ValueError as exc:
-                raise ValueError(f"{s['labels']}: {exc}") from None
+                raise DataError(f"{s['labels']}: {exc}") from None
         return {"points": points, "labels": labels, "dataset": self.name,
                 "id": s["token"], "token": s["token"], "path": s["points"]}
 

@@ -44,6 +44,8 @@ class RangeImageDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> Dict[str, Any]:
         item = self.base[index]
+        if "skipped" in item:  # a bad scan dropped from evaluation passes as it is
+            return item
         points = item["points"]
         labels = item["labels"]
         has_labels = labels is not None

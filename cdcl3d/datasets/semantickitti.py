@@ -5,12 +5,12 @@ remission) and ``<root>/sequences/NN/labels/NNNNNN.label`` (uint32, low 16 bits
 semantic id, high 16 bits instance id). The test sequences (11-21) have no
 labels.
 
-Bad samples: with ``on_bad_sample='raise'`` (default) a bad file raises when it
-is read. With ``'skip'`` the constructor drops (and logs) every scan whose file
-sizes are wrong (not a multiple of 16 bytes, empty, label count != point
-count, missing label file); problems only visible in the contents (NaN
-coordinates, unknown raw ids) are logged at load time and the item is replaced
-by the next good scan (cyclically), so the dataset length stays fixed.
+Bad samples: a bad file (size not a multiple of 16 bytes, label count !=
+point count, missing label file, NaN/inf coordinates, unknown raw ids) raises
+:class:`~common.errors.DataError` naming the file when it is read; with
+``on_bad_sample='skip'`` it is skipped as :class:`~cdcl3d.datasets.base.ScanReader`
+says (replaced in training, dropped and listed in evaluation). A split
+without any scan is a ``DataError`` naming its folder.
 """
 from __future__ import annotations
 
@@ -20,6 +20,8 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
+
+from common.errors import DataError
 
 from .base import ScanReader
 from .labelmap import SemanticKittiLabelMap
@@ -33,15 +35,15 @@ LABEL_BYTES = 4  # uint32
 def _check_finite(points: np.ndarray, path: str) -> None:
     if not np.isfinite(points).all():
         bad = int((~np.isfinite(points)).any(axis=1).sum())
-        raise ValueError(f"{path}: {bad} point(s) with NaN or infinite values")
+        raise DataError(f"{path}: {bad} point(s) with NaN or infinite values")
 
 
 def read_points(path: str) -> np.ndarray:
     """Read a SemanticKITTI ``.bin`` scan as a ``(N, 4)`` float32 array."""
     size = os.path.getsize(path)  # FileNotFoundError names the path
     if size % POINT_BYTES != 0:
-        raise ValueError(f"{path}: size {size} bytes is not a multiple of {POINT_BYTES} "
-                         "(4 float32 per point)")
+        raise DataError(f"{path}: size {size} bytes is not a multiple of {POINT_BYTES} "
+                        "(4 float32 per point)")
     points = np.fromfile(path, dtype=np.float32).reshape(-1, 4)
     _check_finite(points, path)
     return points
@@ -51,10 +53,10 @@ def read_labels(path: str, num_points: int) -> np.ndarray:
     """Read a ``.label`` file as ``(N,)`` uint32 raw ids; checks the count."""
     size = os.path.getsize(path)
     if size % LABEL_BYTES != 0:
-        raise ValueError(f"{path}: size {size} bytes is not a multiple of {LABEL_BYTES} (uint32)")
+        raise DataError(f"{path}: size {size} bytes is not a multiple of {LABEL_BYTES} (uint32)")
     labels = np.fromfile(path, dtype=np.uint32)
     if labels.shape[0] != num_points:
-        raise ValueError(f"{path}: {labels.shape[0]} labels but the scan has {num_points} points")
+        raise DataError(f"{path}: {labels.shape[0]} labels but the scan has {num_points} points")
     return labels
 
 
@@ -94,28 +96,14 @@ class SemanticKITTI(ScanReader):
                     "points": os.path.join(velo_dir, frame + ".bin"),
                     "labels": os.path.join(seq_dir, "labels", frame + ".label"),
                 })
-        if on_bad_sample == "skip":
-            self.samples = [s for s in self.samples if self._sizes_ok(s)]
         if not self.samples:
-            logger.warning("SemanticKITTI %s split %r: no scans found under %s", name, split, seq_root)
+            folders = [os.path.join(seq_root, seq, "velodyne") for seq in seqs]
+            others = f" nor in those of sequences {', '.join(seqs[1:])}" if len(seqs) > 1 else ""
+            raise DataError(f"SemanticKITTI split {split!r} has no scans: no *.bin in {folders[0]}{others}")
 
-    def _sizes_ok(self, s: Dict[str, str]) -> bool:
-        """Cheap size checks (no reading); logs and returns False for a bad scan."""
-        size = os.path.getsize(s["points"])
-        if size == 0 or size % POINT_BYTES:
-            logger.warning("skipping %s: size %d is not a positive multiple of %d bytes",
-                           s["points"], size, POINT_BYTES)
-            return False
-        if self.has_labels:
-            if not os.path.isfile(s["labels"]):
-                logger.warning("skipping %s: label file %s missing", s["points"], s["labels"])
-                return False
-            lsize = os.path.getsize(s["labels"])
-            if lsize // LABEL_BYTES != size // POINT_BYTES or lsize % LABEL_BYTES:
-                logger.warning("skipping %s: %d bytes of labels for %d points", s["labels"], lsize,
-                               size // POINT_BYTES)
-                return False
-        return True
+    def sample_id(self, index: int) -> str:
+        s = self.samples[index]
+        return f"{s['sequence']}/{s['frame']}"
 
     def load(self, index: int) -> Dict[str, Any]:
         """Read scan ``index`` (raises on bad data whatever ``on_bad_sample`` says)."""
@@ -123,11 +111,13 @@ class SemanticKITTI(ScanReader):
         points = read_points(s["points"])
         labels = None
         if self.has_labels:
+            if not os.path.isfile(s["labels"]):
+                raise DataError(f"{s['labels']}: label file missing (scan {s['points']})")
             raw = read_labels(s["labels"], points.shape[0])
             try:
                 labels = self.label_map.to_train(raw)
             except ValueError as exc:
-                raise ValueError(f"{s['labels']}: {exc}") from None
+                raise DataError(f"{s['labels']}: {exc}") from None
         return {"points": points, "labels": labels, "dataset": self.name,
                 "id": f"{s['sequence']}/{s['frame']}", "sequence": s["sequence"],
                 "frame": s["frame"], "path": s["points"]}
