@@ -108,9 +108,8 @@ def build_reader(name: str, cfg: Dict[str, Any], split: str):
 
 @functools.lru_cache(maxsize=4)
 def _nusc_cache(root: str, version: str):
-    """One devkit database per (root, version), shared by the splits; a table
-    it cannot load is a DataError naming the file."""
-    from .datasets.nuscenes import load_nuscenes
+    """One devkit database per (root, version), shared by the splits."""
+    from nuscenes import NuScenes
 
     table_root = os.path.join(root, version)
     if not os.path.isdir(table_root):
@@ -118,7 +117,7 @@ def _nusc_cache(root: str, version: str):
     if not version.endswith("test") and not os.path.isfile(os.path.join(table_root, "lidarseg.json")):
         raise FileNotFoundError(f"nuScenes root {root} has no lidarseg annotations "
                                 f"({os.path.join(table_root, 'lidarseg.json')} missing)")
-    return load_nuscenes(root, version)
+    return NuScenes(version=version, dataroot=root, verbose=False)
 
 
 class _PointsOnly(torch.utils.data.Dataset):
@@ -134,7 +133,7 @@ class _PointsOnly(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> Dict[str, Any]:
         item = dict(self.base[i])
-        if self.augment and "skipped" not in item:  # a skipped item passes as it is
+        if self.augment:
             from .augment import augment_points
             rng = np.random.default_rng(np.random.randint(2 ** 31))
             pts, keep = augment_points(item["points"], rng, **self.augment)
@@ -154,7 +153,6 @@ class LidarTask(Task):
         _check_keys(name, cfg, source)
 
     def check_config(self, cfg):
-        super().check_config(cfg)
         if cfg.train.mode == "fused":
             voxel = [n for n in cfg.names if cfg.data[n].params.get("representation", "range") == "voxel"]
             if voxel or cfg.model.get("name") == "sparse_unet":
@@ -163,6 +161,7 @@ class LidarTask(Task):
                                   f"batches stacked into one tensor; the sparse network ("
                                   f"{'data.' + voxel[0] + '.representation: voxel' if voxel else 'sparse_unet'})"
                                   f" has no such input: use dat or sequential")
+        super().check_config(cfg)
 
     # -- data -----------------------------------------------------------------------
     def build_dataset(self, name, cfg, split, train):
@@ -187,21 +186,31 @@ class LidarTask(Task):
         return collate_range
 
     # -- model ----------------------------------------------------------------------
-    def build_model(self, model_cfg, num_classes, norm_layer):
+    @staticmethod
+    def model_builder(model_cfg, source=""):
+        """The builder named by ``model.name``."""
+        name = model_cfg.get("name")
+        if name == "salsanext":
+            from .models.salsanext import build_salsanext
+            return build_salsanext
+        if name == "sparse_unet":
+            from .models.sparse_unet import build_sparse_unet
+            return build_sparse_unet
+        from common.config import ConfigError
+        raise ConfigError(f"{source + ': ' if source else ''}'model.name' is {name!r}; "
+                          "the 3d task has salsanext, sparse_unet")
+
+    def check_model(self, model_cfg, source=""):
         from common.config import check_kwargs
 
         kwargs = {k: v for k, v in model_cfg.items() if k != "name"}
-        name = model_cfg["name"]
-        if name == "salsanext":
-            from .models.salsanext import build_salsanext
-            fn = build_salsanext
-        elif name == "sparse_unet":
-            from .models.sparse_unet import build_sparse_unet
-            fn = build_sparse_unet
-        else:
-            from common.config import ConfigError
-            raise ConfigError(f"'model.name' is {name!r}; the 3d task has salsanext, sparse_unet")
-        check_kwargs(fn, kwargs, "model", reserved=("num_classes", "norm_layer"))
+        check_kwargs(self.model_builder(model_cfg, source), kwargs, "model", source,
+                     reserved=("num_classes", "norm_layer"))
+
+    def build_model(self, model_cfg, num_classes, norm_layer):
+        self.check_model(model_cfg)
+        fn = self.model_builder(model_cfg)
+        kwargs = {k: v for k, v in model_cfg.items() if k != "name"}
         if norm_layer is not None:
             kwargs["norm_layer"] = norm_layer
         return fn(num_classes=num_classes, **kwargs)
@@ -283,11 +292,9 @@ class LidarTask(Task):
     @torch.no_grad()
     def predict_points(self, model, batch, opts, knn_module=None):
         """Per-point predictions of a batch: list of (N,) long tensors (and KNN ones)."""
-        if "voxel_feats" in batch:
-            if batch["voxel_feats"].shape[0] == 0:  # only empty scans: nothing to run
-                return _split_points(batch["point2voxel"].new_zeros(0), batch), None, None
-            return _split_points(self.forward(model, batch).argmax(1), batch), None, None
         out = self.forward(model, batch)
+        if "voxel_feats" in batch:
+            return _split_points(out.argmax(1), batch), None, None
         argmax = out.argmax(1)  # (B, H, W)
         plain, knn = [], []
         for b in range(argmax.shape[0]):

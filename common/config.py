@@ -155,6 +155,8 @@ class Config:
 #: most nodes a YAML document may expand to, aliases counted in full (a config
 #: has hundreds; "a billion laughs" has 10^9)
 MAX_YAML_NODES = 100_000
+#: deepest nesting of a YAML document (configs use a handful of levels)
+MAX_YAML_DEPTH = 64
 
 
 class _Loader(yaml.SafeLoader):
@@ -176,18 +178,21 @@ def _check_expanded_size(root: yaml.Node) -> None:
     sizes: Dict[int, int] = {}
     open_: set = set()
 
-    def size(node: yaml.Node) -> int:
+    def size(node: yaml.Node, depth: int = 0) -> int:
         key = id(node)
         if key in sizes:
             return sizes[key]
         if key in open_:
             raise yaml.YAMLError(f"recursive alias at {node.start_mark}".strip())
+        if depth > MAX_YAML_DEPTH:
+            raise yaml.YAMLError(f"nested too deeply (more than {MAX_YAML_DEPTH} levels) at "
+                                 f"{node.start_mark}".strip())
         open_.add(key)
         n = 1
         if isinstance(node, yaml.MappingNode):
-            n += sum(size(k) + size(v) for k, v in node.value)
+            n += sum(size(k, depth + 1) + size(v, depth + 1) for k, v in node.value)
         elif isinstance(node, yaml.SequenceNode):
-            n += sum(size(v) for v in node.value)
+            n += sum(size(v, depth + 1) for v in node.value)
         open_.discard(key)
         if n > MAX_YAML_NODES:
             raise yaml.YAMLError(f"aliases expand to more than {MAX_YAML_NODES:,} nodes "

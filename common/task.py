@@ -57,12 +57,17 @@ class Task:
         :meth:`check_data` per dataset, then the evaluation options."""
         from .config import check_options
 
+        self.check_model(dict(cfg.model), cfg.source)
         for name, entry in cfg.data.items():
             self.check_data(name, entry.as_dict(), cfg.source)
         if self.eval_option_types is not None:
             check_options(cfg.eval.options, self.eval_option_types, "eval.options", cfg.source)
             for name, entry in cfg.data.items():
                 check_options(entry.eval, self.eval_option_types, f"data.{name}.eval", cfg.source)
+
+    def check_model(self, model_cfg: Dict[str, Any], source: str = "") -> None:
+        """Check ``model`` (the builder's name and keyword arguments: keys and
+        types) without building it; the default accepts anything."""
 
     def check_data(self, name: str, cfg: Dict[str, Any], source: str = "") -> None:
         """Check ``data.<name>`` (``cfg``, flat as :meth:`build_dataset` gets it)

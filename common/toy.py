@@ -99,11 +99,15 @@ class ToyTask(Task):
             params["size"] = max(2, int(params.get("size", 16)) // 2)
         return ToySegmentation(seed=seed, augment=train, name=name, **params)
 
-    def build_model(self, model_cfg, num_classes, norm_layer):
+    def check_model(self, model_cfg, source=""):
         from .config import check_kwargs
 
         kwargs = {k: v for k, v in model_cfg.items() if k != "name"}
-        check_kwargs(ToyNet.__init__, kwargs, "model", reserved=("num_classes", "norm_layer"))
+        check_kwargs(ToyNet.__init__, kwargs, "model", source, reserved=("num_classes", "norm_layer"))
+
+    def build_model(self, model_cfg, num_classes, norm_layer):
+        self.check_model(model_cfg)
+        kwargs = {k: v for k, v in model_cfg.items() if k != "name"}
         return ToyNet(num_classes=num_classes, norm_layer=norm_layer, **kwargs)
 
     def input_shape(self, name, cfg):
