@@ -48,13 +48,15 @@ def set_rng_state(state: Dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(state: Dict[str, Any], path: str) -> None:
-    """Serialise to memory, then write a temp file and rename it over ``path``:
-    a crash mid-write leaves the previous checkpoint intact."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+def save_checkpoint(state: Dict[str, Any], path: str, *more_paths: str) -> None:
+    """Serialise to memory once, then for each path write a temp file and
+    rename it over the path: a crash mid-write leaves the previous checkpoint
+    intact, a failure (a full disk: :class:`PathError`) leaves no temp file."""
     buf = io.BytesIO()
     torch.save(state, buf)
-    atomic_write_bytes(path, buf.getvalue())
+    for p in (path,) + more_paths:
+        os.makedirs(os.path.dirname(os.path.abspath(p)), exist_ok=True)
+        atomic_write_bytes(p, buf.getvalue())
 
 
 def load_checkpoint(path: str, map_location: Any = "cpu") -> Dict[str, Any]:
