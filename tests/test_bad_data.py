@@ -293,6 +293,24 @@ def test_predict_writes_an_empty_file_for_an_empty_scan(lidar, request, tmp_path
     assert (out / "sequences" / files[1]).stat().st_size == (root / "sequences" / scans[1]).stat().st_size // 4
 
 
+def test_predict_nuscenes_writes_an_empty_file_for_an_empty_scan(lidar, tmp_path, capsys):
+    from cdcl3d.datasets.nuscenes import NuScenesLidarSeg
+
+    root = _copy(lidar.data / "nuscenes", tmp_path / "nuscenes")
+    val = NuScenesLidarSeg(str(root), version="v1.0-mini", split="val")
+    open(val.samples[0]["points"], "wb").close()  # a scan without points, and its labels
+    open(val.samples[0]["labels"], "wb").close()
+    cfg = _config(lidar, tmp_path / "c.yaml", data__nuscenes__root=str(root), data__nuscenes__on_bad_sample="skip")
+    out = tmp_path / "pred"
+    rc, stdout, err = _run(capsys, "predict", cfg, "--checkpoint", lidar.ckpt, "--dataset", "nuscenes",
+                           "--split", "val", "--out", out)
+    assert rc == 0, err
+    files = {p.name: p.stat().st_size for p in (out / "lidarseg" / "mini_val").glob("*_lidarseg.bin")}
+    assert sorted(files) == sorted(f"{s['token']}_lidarseg.bin" for s in val.samples)
+    assert files[f"{val.samples[0]['token']}_lidarseg.bin"] == 0
+    assert all(files[f"{s['token']}_lidarseg.bin"] == os.path.getsize(s["points"]) // 20 for s in val.samples)
+
+
 @pytest.mark.parametrize("how", ["nan", "bin_size"])
 def test_predict_in_skip_mode_refuses_an_unreadable_scan(lidar, tmp_path, capsys, how):
     root = _copy(lidar.data / "semantickitti", tmp_path / "data")
