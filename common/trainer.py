@@ -237,13 +237,18 @@ def _train(cfg: Config, work_dir: str, resume: Optional[str], device: torch.devi
             logger.info("resumed from %s at step %d", resume_path, start)
     finished = start >= t.iterations
     if finished:  # nothing left to train: evaluate unless results.json came after the checkpoint
-        done_before = dist.broadcast_object(main and _results_current(work_dir, resume_path))
-        if done_before:
-            if main:
-                logger.info("run finished at step %d; its results are in %s", start,
-                            os.path.join(work_dir, "results.json"))
+        previous = None
+        if main and _results_current(work_dir, resume_path):
             with open(os.path.join(work_dir, "results.json"), encoding="utf-8") as f:
-                return json.load(f)
+                previous = json.load(f)
+            logger.info("run finished at step %d; its results are in %s", start,
+                        os.path.join(work_dir, "results.json"))
+        previous = dist.broadcast_object(previous)
+        if previous is not None:
+            return previous
+    elif main and os.path.isfile(latest) and not resume_path:
+        logger.warning("%s holds a checkpoint; this run starts again at step 0 and replaces it "
+                       "(--resume auto continues it instead)", work_dir)
 
     ddp_model: nn.Module = model
     if distributed:
@@ -319,8 +324,8 @@ def _train(cfg: Config, work_dir: str, resume: Optional[str], device: torch.devi
                     checkpoint(step, latest)
                 jlog.write({"step": step, "type": "eval_failed", "error": f"{type(exc).__name__}: {exc}"})
                 logger.error("evaluation at step %d failed; the weights of step %d are saved in %s: "
-                             "once the cause is fixed, `cdcl train CONFIG --work-dir %s --resume auto` "
-                             "continues from them", step, step, latest, work_dir)
+                             "once the cause is fixed, `cdcl train %s --work-dir %s --resume auto` "
+                             "continues from them", step, step, latest, cfg.source or "CONFIG", work_dir)
             raise
         mean_miou = sum(results[n]["miou"] for n in names) / len(names)  # trained datasets
         if main and mean_miou > best:

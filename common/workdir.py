@@ -39,6 +39,7 @@ LOCK_NAME = "cdcl.lock"
 OUTPUT_FILES = ("config.yaml", "log.jsonl", "results.json", os.path.join("checkpoints", "latest.pth"),
                 os.path.join("checkpoints", "best.pth"))
 OUTPUT_FOLDERS = ("checkpoints", "tb")
+PROBE = ".cdcl-write-test-"  # check_work_dir's probe files
 _TEMP = re.compile(r"\.tmp\.\d+$")  # atomic_write_bytes' <name>.tmp.<pid>
 _HELD = set()  # work dirs locked by this process (POSIX locks do not exclude their own process)
 
@@ -97,7 +98,7 @@ def check_work_dir(work_dir: str) -> None:
     for folder in (work_dir, os.path.join(work_dir, "checkpoints")):
         try:
             os.makedirs(folder, exist_ok=True)
-            fd, probe = tempfile.mkstemp(prefix=".cdcl-write-test-", dir=folder)
+            fd, probe = tempfile.mkstemp(prefix=PROBE, dir=folder)
             os.close(fd)
             os.remove(probe)
         except OSError as exc:
@@ -137,12 +138,15 @@ def lock_work_dir(work_dir: str) -> WorkDirLock:
 
 
 def remove_stale_temp_files(work_dir: str) -> List[str]:
-    """Remove ``*.tmp.<pid>`` files in the work dir and its checkpoints: the
-    lock makes this run their only writer, so any such file is left over."""
+    """Remove ``*.tmp.<pid>`` files (and write probes) in the work dir and its
+    checkpoints: the lock makes this run their only writer, so any such file
+    was left by an interrupted run."""
     removed = []
     for folder in (work_dir, os.path.join(work_dir, "checkpoints")):
-        for p in glob.glob(os.path.join(glob.escape(folder), "*.tmp.*")):
-            if _TEMP.search(p) and os.path.isfile(p):
+        found = glob.glob(os.path.join(glob.escape(folder), "*.tmp.*"))
+        found += glob.glob(os.path.join(glob.escape(folder), PROBE + "*"))
+        for p in found:
+            if (_TEMP.search(p) or os.path.basename(p).startswith(PROBE)) and os.path.isfile(p):
                 try:
                     os.remove(p)
                     removed.append(p)

@@ -101,11 +101,12 @@ def snapshot(folder):
 
 # -- the final checkpoint comes before the final evaluation ---------------------
 
-def test_failing_final_evaluation_keeps_the_weights_and_resume_only_evaluates(tmp_path, capsys):
+def test_failing_final_evaluation_keeps_the_weights_and_resume_only_evaluates(tmp_path, capsys, caplog):
     BAD_VAL["on"] = True
     cfg, work = write_cfg(tmp_path, cfg_dict("toy_badval", checkpoint_every=100)), str(tmp_path / "run")
     code, out = cli(capsys, "train", cfg, "--work-dir", work)
     assert code == 2 and "000001.bin: NaN coordinates" in out and "Traceback" not in out
+    assert "the weights of step 6 are saved in " + os.path.join(work, "checkpoints", "latest.pth") in caplog.text
     state = load_checkpoint(os.path.join(work, "checkpoints", "latest.pth"))
     assert state["step"] == 6  # the whole run is saved although its evaluation failed
     failed = [r for r in records(work) if r["type"] == "eval_failed"]
@@ -290,6 +291,8 @@ def test_stale_temp_files_are_removed_at_start(tmp_path, capsys):
     for p in stale:
         with open(p, "wb") as f:
             f.write(b"\0" * 1000)
+    stale.append(os.path.join(work, ".cdcl-write-test-abc123"))
+    open(stale[-1], "w").close()
     keep = os.path.join(work, "checkpoints", "notes.tmp.txt")
     open(keep, "w").write("mine")
     assert cli(capsys, "train", cfg, "--work-dir", work)[0] == 0
