@@ -19,14 +19,14 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from common.config import DATA_KEYS
+from common.config import DATA_KEYS, ConfigError, check_kwargs, check_options
 from common.metrics import ConfusionMatrix
 from common.task import Batch, Task
 
@@ -34,7 +34,11 @@ from .transforms import to_pair
 
 logger = logging.getLogger(__name__)
 
-IMAGE_DATA_KEYS = ("crop", "scale", "flip", "jitter", "eval_size")
+Size = Union[int, Tuple[int, int]]  # an int or [height, width]
+#: ``data.<name>`` keys of the image task beyond the core's, with their types
+IMAGE_DATA_TYPES: Dict[str, Any] = {"crop": Size, "scale": Tuple[float, float], "flip": bool, "jitter": bool,
+                                    "eval_size": Optional[Size]}
+IMAGE_DATA_KEYS = tuple(IMAGE_DATA_TYPES)
 DEFAULT_CROP = (512, 512)
 
 
@@ -113,6 +117,57 @@ class ImageTask(Task):
     """PSPNet on Cityscapes / BDD100K / CamVid / KITTI semantic."""
 
     name = "2d"
+    eval_option_types = {"mode": str, "crop": Optional[Size], "stride": Optional[Size],
+                         "scales": Optional[List[float]], "flip": bool}
+
+    # -- config -------------------------------------------------------------------
+    def check_config(self, cfg) -> None:
+        """Keys and types (see :meth:`Task.check_config`), then each dataset's
+        inference options as :func:`cdcl2d.inference.inference_options` reads them."""
+        from common.evaluation import eval_options
+
+        from .inference import inference_options
+
+        super().check_config(cfg)
+        for name in cfg.data:
+            try:
+                inference_options(eval_options(cfg, name))
+            except ValueError as exc:
+                raise ConfigError(f"{cfg.source}: eval.options / data.{name}.eval: {exc}") from None
+
+    def check_model(self, model_cfg: Dict[str, Any], source: str = "") -> None:
+        from .models import PSPNet
+
+        kwargs = dict(model_cfg)
+        name = kwargs.pop("name", "pspnet")
+        aux_weight = kwargs.pop("aux_weight", 0.4)  # a loss setting, read by build_criterion
+        at = f"{source}: " if source else ""
+        if name != "pspnet":
+            raise ConfigError(f"{at}'model.name' is {name!r}; the image task provides: pspnet")
+        check_options({"aux_weight": aux_weight}, {"aux_weight": float}, "model", source)
+        check_kwargs(PSPNet.__init__, kwargs, "model", source, reserved=("num_classes", "norm_layer"))
+
+    def check_data(self, name: str, cfg: Dict[str, Any], source: str = "") -> None:
+        """``data.<name>``: a known type, known keys of the right types, sizes and
+        scales that make sense, ``num_classes`` (if given) the type's."""
+        from .datasets import READERS
+
+        at = f"{source}: " if source else ""
+        kind = cfg.get("type")
+        if kind not in READERS:
+            raise ConfigError(f"{at}'data.{name}.type' is {kind!r}; valid image dataset types: {', '.join(READERS)}")
+        check_options({k: v for k, v in cfg.items() if k not in DATA_KEYS}, IMAGE_DATA_TYPES, f"data.{name}",
+                      source)
+        for key in ("crop", "eval_size"):
+            if cfg.get(key) is not None and min(to_pair(cfg[key])) < 1:
+                raise ConfigError(f"{at}'data.{name}.{key}' must be positive, got {cfg[key]!r}")
+        if "scale" in cfg and not 0 < cfg["scale"][0] <= cfg["scale"][1]:
+            raise ConfigError(f"{at}'data.{name}.scale' must be [min, max] with 0 < min <= max, "
+                              f"got {cfg['scale']!r}")
+        classes = READERS[kind].class_names
+        if cfg.get("num_classes") is not None and classes and int(cfg["num_classes"]) != len(classes):
+            raise ConfigError(f"{at}'data.{name}.num_classes' is {cfg['num_classes']} but {kind} has "
+                              f"{len(classes)} classes")
 
     # -- data ---------------------------------------------------------------------
     def build_dataset(self, name: str, cfg: Dict[str, Any], split: str, train: bool):
@@ -120,15 +175,10 @@ class ImageTask(Task):
         from .datasets import READERS
         from .transforms import build_eval_transform, build_train_transform
 
-        kind = cfg.get("type")
-        if kind not in READERS:
-            raise ValueError(f"data.{name}.type is {kind!r}; valid image dataset types: {', '.join(READERS)}")
-        unknown = sorted(set(cfg) - set(DATA_KEYS) - set(IMAGE_DATA_KEYS))
-        if unknown:
-            raise ValueError(f"unknown key(s) {unknown} in data.{name}; image-specific keys: "
-                             f"{', '.join(IMAGE_DATA_KEYS)}")
+        self.check_data(name, cfg)
+        kind = cfg["type"]
         if not cfg.get("root"):
-            raise ValueError(f"data.{name}.root is empty: set it to the {kind} dataset folder")
+            raise ConfigError(f"'data.{name}.root' is empty: set it to the {kind} dataset folder")
         if train:
             transform = build_train_transform(
                 crop=to_pair(cfg.get("crop", DEFAULT_CROP), f"data.{name}.crop"),
@@ -138,9 +188,6 @@ class ImageTask(Task):
             transform = build_eval_transform(
                 None if cfg.get("eval_size") is None else to_pair(cfg["eval_size"], f"data.{name}.eval_size"))
         reader = READERS[kind]
-        if cfg.get("num_classes") is not None and int(cfg["num_classes"]) != len(reader.class_names):
-            raise ValueError(f"data.{name}.num_classes is {cfg['num_classes']} but {kind} has "
-                             f"{len(reader.class_names)} classes")
         return reader(cfg["root"], split, transform=transform, dataset_name=name,
                       on_bad_sample=cfg.get("on_bad_sample", "raise"))
 
@@ -156,16 +203,12 @@ class ImageTask(Task):
     def build_model(self, model_cfg: Dict[str, Any], num_classes: int,
                     norm_layer: Optional[Callable[[int], nn.Module]] = None) -> nn.Module:
         """PSPNet from ``model`` (``name: pspnet`` + builder keywords)."""
-        from common.config import check_kwargs
-
         from .models import PSPNet
 
+        self.check_model(model_cfg)
         kwargs = dict(model_cfg)
-        name = kwargs.pop("name", "pspnet")
+        kwargs.pop("name", None)
         kwargs.pop("aux_weight", None)  # a loss setting, read by build_criterion
-        if name != "pspnet":
-            raise ValueError(f"model.name is {name!r}; the image task provides: pspnet")
-        check_kwargs(PSPNet.__init__, kwargs, "model", reserved=("num_classes", "norm_layer"))
         return PSPNet(num_classes, norm_layer=norm_layer or nn.BatchNorm2d, **kwargs)
 
     def input_shape(self, name: str, cfg: Dict[str, Any]) -> tuple:
@@ -234,7 +277,9 @@ class ImageTask(Task):
         for batch in loader:
             batch = to_device(batch, device)
             if "labels" not in batch:
-                raise ValueError(f"{name}: the evaluation split has no labels")
+                from common.errors import DataError
+                raise DataError(f"{name}: the evaluation split has no labels (a test split? use "
+                                "cdcl predict for it)")
             pred = self.predict_batch(model, batch["inputs"], cfg, batch.get("sizes"))
             cm.update(pred, batch["labels"])  # padding carries label 255
         return {"dense": cm}

@@ -10,6 +10,7 @@ from torch import nn
 from cdcl2d.datasets.labels import CITYSCAPES_LABELS, cityscapes_train_to_id_lut
 from cdcl2d.synth import write_dataset
 from cdcl2d.task import ImageTask, collate
+from common.config import ConfigError
 
 
 @pytest.fixture(scope="module")
@@ -58,9 +59,9 @@ def test_build_dataset_and_collate(root):
 
 def test_build_dataset_bad_config(root):
     task = ImageTask()
-    with pytest.raises(ValueError, match="unknown key.*'cropp'"):
+    with pytest.raises(ConfigError, match="unknown key 'data.c.cropp'"):
         task.build_dataset("c", _data_cfg(root, "cityscapes", cropp=3), "train", True)
-    with pytest.raises(ValueError, match="valid image dataset types"):
+    with pytest.raises(ConfigError, match="valid image dataset types"):
         task.build_dataset("c", _data_cfg(root, "mapillary"), "train", True)
 
 
@@ -70,7 +71,7 @@ def test_build_model_and_bad_key():
     assert m.heads == ["cls", "aux"] and m.cls.out_channels == 5
     with pytest.raises(Exception, match="model.chanels"):
         task.build_model({"name": "pspnet", "chanels": 16}, 5, None)
-    with pytest.raises(ValueError, match="pspnet"):
+    with pytest.raises(ConfigError, match="pspnet"):
         task.build_model({"name": "deeplab"}, 5, None)
 
 

@@ -170,6 +170,32 @@ def test_config_mistakes(capsys, toy, overrides, named):
     assert snapshot(toy["work"]) == before
 
 
+IMAGE_CONFIG_CASES = [  # image-task mistakes are ConfigErrors too, found when the config loads
+    ("unknown-key", {"data": {"cs": {"cropp": 64}}}, "data.cs.cropp"),
+    ("type", {"data": {"cs": {"type": "mapillary"}}}, "data.cs.type"),
+    ("crop-type", {"data": {"cs": {"crop": "big"}}}, "data.cs.crop"),
+    ("crop-size", {"data": {"cs": {"crop": [0, 64]}}}, "data.cs.crop"),
+    ("scale", {"data": {"cs": {"scale": [2.0, 0.5]}}}, "data.cs.scale"),
+    ("num_classes", {"data": {"cs": {"num_classes": 7}}}, "data.cs.num_classes"),
+    ("eval-option-key", {"eval": {"options": {"mdoe": "slide"}}}, "eval.options.mdoe"),
+    ("eval-option-value", {"data": {"cs": {"eval": {"mode": "sliding"}}}}, "data.cs.eval"),
+    ("model-name", {"model": {"name": "deeplab"}}, "model.name"),
+    ("model-key", {"model": {"chanels": 16}}, "model.chanels"),
+    ("aux_weight", {"model": {"aux_weight": "heavy"}}, "model.aux_weight"),
+]
+
+
+@pytest.mark.parametrize("over,named", [c[1:] for c in IMAGE_CONFIG_CASES],
+                         ids=[c[0] for c in IMAGE_CONFIG_CASES])
+def test_image_config_mistakes(tmp_path, capsys, over, named):
+    d = _merge({"task": "2d", "model": {"name": "pspnet", "channels": 16, "aux_channels": 8},
+                "data": {"cs": {"type": "cityscapes", "root": "/nonexistent/cityscapes", "crop": [64, 64]}},
+                "strategy": {"name": "single"}, "train": {"iterations": 1, "progress": False}}, over)
+    cfg = write_config(tmp_path / "image.yaml", d)
+    run_bad(capsys, ["train", cfg, "--work-dir", tmp_path / "w"], named, "image.yaml")
+    assert not (tmp_path / "w").exists()
+
+
 def test_max_samples_negative_is_refused_by_eval_and_results_survive(capsys, toy):
     before = snapshot(toy["results"])
     run_bad(capsys, ["eval", toy["cfg"], "--checkpoint", toy["ckpt"], "--out", toy["results"],
