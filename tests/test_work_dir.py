@@ -409,3 +409,34 @@ def test_fp16_on_the_cpu_is_one_line(tmp_path, capsys):
     code, out = cli(capsys, "train", cfg, "--work-dir", work)
     assert code == 2 and "needs a CUDA device" in out and "Traceback" not in out
     assert not os.path.exists(work)
+
+
+KILLED = """
+import sys
+from common.cli import main
+sys.exit(main(["train", sys.argv[1], "--work-dir", sys.argv[2]]))
+"""
+
+
+def test_kill_9_then_resume_auto_takes_the_lock_over_and_matches_an_uninterrupted_run(tmp_path, capsys):
+    cfg = write_cfg(tmp_path, iterations=8, checkpoint_every=2, threads=1)
+    assert cli(capsys, "train", cfg, "--work-dir", str(tmp_path / "full"))[0] == 0
+    work = str(tmp_path / "killed")
+    (tmp_path / "killed.py").write_text(KILLED)
+    run = subprocess.Popen([sys.executable, str(tmp_path / "killed.py"), cfg, work],
+                           env=dict(os.environ, OMP_NUM_THREADS="1"),
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    _wait_for(os.path.join(work, "checkpoints", "latest.pth"), run)
+    run.send_signal(signal.SIGKILL)
+    run.wait()
+    code, out = cli(capsys, "train", cfg, "--work-dir", work, "--resume", "auto")
+    assert code == 0, out
+    a = load_checkpoint(str(tmp_path / "full/checkpoints/latest.pth"))
+    b = load_checkpoint(os.path.join(work, "checkpoints", "latest.pth"))
+    assert a["step"] == b["step"] == 8
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    assert json.load(open(os.path.join(work, "results.json"))) == \
+        json.load(open(tmp_path / "full/results.json"))
+    assert not os.path.exists(os.path.join(work, "cdcl.lock"))
+    assert not [f for f in os.listdir(os.path.join(work, "checkpoints")) if ".tmp." in f]
