@@ -106,7 +106,12 @@ def _config_for_checkpoint(args):
 
     if getattr(args, "config", None):
         return load_config(args.config, getattr(args, "overrides", []) or [])
+    from .checkpoint import CheckpointError
+
     state = load_checkpoint(args.checkpoint)
+    if not isinstance(state.get("config"), str):
+        raise CheckpointError(f"checkpoint {args.checkpoint} holds no config: pass the one it was trained "
+                              "with (--config)")
     return config_from_text(state["config"], source=f"{args.checkpoint}:config")
 
 
@@ -173,10 +178,12 @@ def cmd_precise_bn(args) -> int:
 # -- demo / synth ----------------------------------------------------------------
 
 def cmd_demo(args) -> int:
-    task = TASKS.get(args.task)
+    from .errors import UserError
+
+    task = TASKS._items.get(args.task) if args.task in TASKS else None
     if not hasattr(task, "demo"):
-        print(f"task {args.task!r} has no demo", file=sys.stderr)
-        return 2
+        with_demo = [n for n in TASKS.names() if hasattr(TASKS.get(n), "demo")]
+        raise UserError(f"--task {args.task!r} has no demo; tasks with one: {', '.join(with_demo)}")
     return int(task.demo(args) or 0)
 
 
@@ -290,11 +297,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     from .errors import UserError
     try:
         return int(args.func(args) or 0)
-    except (UserError, FileNotFoundError, KeyError) as exc:
+    except (UserError, FileNotFoundError) as exc:  # anything else is a bug: keep its traceback
         if args.verbose:
             raise
-        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"cdcl {args.command}: error: {msg}", file=sys.stderr)
+        print(f"cdcl {args.command}: error: {exc}", file=sys.stderr)
         return 2
 
 

@@ -347,6 +347,50 @@ def test_unknown_dataset_names(tmp_path, capsys, toy):
     assert not (tmp_path / "p").exists() and not (tmp_path / "m.onnx").exists()
 
 
+def test_precise_bn_names_its_mistakes_before_any_work(tmp_path, capsys, monkeypatch, toy):
+    import common.evaluation
+
+    monkeypatch.setattr(common.evaluation, "load_model_for_eval", _no_work)
+    base = ["precise-bn", toy["cfg"], "--checkpoint", toy["ckpt"], "--out", tmp_path / "pbn.pth"]
+    run_bad(capsys, base + ["--dataset", "zz"], "--dataset", "zz")
+    run_bad(capsys, base + ["--dataset", "c", "--branch", "zz"], "--branch", "zz")
+    blocker = tmp_path / "a_file"
+    blocker.write_text("keep me")
+    run_bad(capsys, ["precise-bn", toy["cfg"], "--checkpoint", toy["ckpt"], "--dataset", "c",
+                     "--out", blocker / "pbn.pth"], "--out")
+    assert blocker.read_text() == "keep me" and not (tmp_path / "pbn.pth").exists()
+
+
+def test_export_of_a_checkpoint_without_config(tmp_path, capsys, toy):
+    import torch
+
+    state = torch.load(toy["ckpt"], weights_only=True)
+    del state["config"]
+    bare = tmp_path / "bare.pth"
+    torch.save(state, str(bare))
+    run_bad(capsys, ["export", bare, "--dataset", "a", "--out", tmp_path / "m.onnx"], bare, "--config")
+
+
+def test_demo_of_an_unknown_task(capsys):
+    run_bad(capsys, ["demo", "--task", "4d"], "4d", "3d")
+
+
+def test_bugs_keep_their_traceback_and_v_shows_every_one(monkeypatch, capsys, toy):
+    """Only what the user can fix is one line: an internal KeyError stays an
+    exception (a traceback), and ``-v`` re-raises the user errors too."""
+    import common.evaluation
+    from common.config import ConfigError
+
+    def bug(*args, **kwargs):
+        raise KeyError("inputs")
+
+    monkeypatch.setattr(common.evaluation, "evaluate_checkpoint", bug)
+    with pytest.raises(KeyError):
+        main(["eval", toy["cfg"], "--checkpoint", toy["ckpt"]])
+    with pytest.raises(ConfigError, match="train.log_every"):
+        main(["-v", "train", toy["cfg"], "--work-dir", str(toy["work"]), "train.log_every=0"])
+
+
 def test_export_of_an_unseen_dataset_exports_its_branch(tmp_path, capsys, toy):
     """c is never trained: eval and predict serve it through b's branch, and so does export."""
     import json
