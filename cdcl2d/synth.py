@@ -13,14 +13,26 @@ Each dataset has its own style and camera:
 * ``camvid``: 4:3 camera, warm sunny light, saturated colours, lower horizon;
 * ``kitti``: wide 3.3:1 frames, bright daylight (the unseen domain).
 
+Every labelled shape is a polygon with integer vertices inside the image, kept
+back to front, and the label image is those polygons drawn in that order (as
+cityscapesscripts' ``json2labelImg`` draws ``*_gtFine_polygons.json``). Objects
+of instance classes (person, rider, car, truck, bus, bicycle ...) get an
+instance id each.
+
 Labels are converted per dataset: Cityscapes/KITTI keep label ids, BDD100K
-gets train ids, CamVid gets its 11 classes (void = 11). All randomness comes
-from one ``numpy.random.Generator`` per image, so ``seed`` fixes the output.
+gets train ids, CamVid gets its 11 classes (void = 11). A Cityscapes image gets
+the real gtFine file set: ``_labelIds.png``, ``_instanceIds.png`` (16 bit,
+``labelId * 1000 + k`` on the k-th object of an instance class, the label id
+elsewhere), ``_color.png`` (RGBA, the official colours) and
+``_polygons.json``. All randomness comes from one ``numpy.random.Generator``
+per image, so ``seed`` fixes the output.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import math
 import os
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -30,6 +42,8 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from .datasets.labels import CITYSCAPES_LABELS, cityscapes_id_to_train_lut
 
+Point = Tuple[int, int]
+
 logger = logging.getLogger(__name__)
 
 # Cityscapes label ids used by the scene drawer.
@@ -38,6 +52,10 @@ LIGHT, SIGN, VEGETATION, TERRAIN, SKY = 19, 20, 21, 22, 23
 PERSON, RIDER, CAR, TRUCK, BUS, MOTORCYCLE, BICYCLE = 24, 25, 26, 27, 28, 32, 33
 
 DATASETS = ("cityscapes", "bdd100k", "camvid", "kitti")
+
+# Label ids whose objects carry instance ids (``hasInstances`` in cityscapesscripts'
+# labels.py): person, rider, car, truck, bus, caravan, trailer, train, motorcycle, bicycle.
+INSTANCE_IDS = frozenset(range(24, 34))
 
 # Cityscapes label id -> CamVid 11-class id (11 = void).
 _CAMVID_FROM_ID = {ROAD: 3, SIDEWALK: 4, BUILDING: 1, WALL: 1, FENCE: 7, POLE: 2, LIGHT: 6, SIGN: 6,
@@ -80,33 +98,104 @@ _BASE_COLOURS = {
 
 
 class Canvas:
-    """A colour image and a label-id image drawn with the same shapes."""
+    """A colour image, a label-id image and an object-index image drawn with the
+    same polygons.
+
+    Shapes become polygons with integer vertices, clipped to the image, so that
+    ``polygons`` (label id, vertices), drawn back to front, give the label image
+    exactly. ``obj`` is the object a shape belongs to (0: none): the parts of one
+    car share it, and the instance image is derived from it.
+    """
 
     def __init__(self, width: int, height: int) -> None:
         self.w, self.h = width, height
         self.rgb = Image.new("RGB", (width, height))
         self.lab = Image.new("L", (width, height))
+        self.obj = Image.new("I", (width, height))
+        self.polygons: List[Tuple[int, List[Point]]] = []
         self._drgb = ImageDraw.Draw(self.rgb)
         self._dlab = ImageDraw.Draw(self.lab)
+        self._dobj = ImageDraw.Draw(self.obj)
+        self._objects = 0
 
-    def polygon(self, pts, label: int, colour) -> None:
-        pts = [(float(x), float(y)) for x, y in pts]
-        self._drgb.polygon(pts, fill=tuple(int(c) for c in colour))
-        self._dlab.polygon(pts, fill=label)
+    def new_object(self) -> int:
+        """A fresh object index for the parts of one object."""
+        self._objects += 1
+        return self._objects
 
-    def rect(self, x0, y0, x1, y1, label: int, colour) -> None:
-        box = [float(min(x0, x1)), float(min(y0, y1)), float(max(x0, x1)), float(max(y0, y1))]
-        self._drgb.rectangle(box, fill=tuple(int(c) for c in colour))
-        self._dlab.rectangle(box, fill=label)
+    def polygon(self, pts, label: int, colour, obj: int = 0) -> None:
+        poly = _clip_polygon([(float(x), float(y)) for x, y in pts], self.w - 1, self.h - 1)
+        if not poly:
+            return  # entirely outside the image
+        self._drgb.polygon(poly, fill=tuple(int(c) for c in colour))
+        self._dlab.polygon(poly, fill=label)
+        self._dobj.polygon(poly, fill=obj)
+        self.polygons.append((label, poly))
 
-    def ellipse(self, x0, y0, x1, y1, label: int, colour) -> None:
-        box = [float(min(x0, x1)), float(min(y0, y1)), float(max(x0, x1)), float(max(y0, y1))]
-        self._drgb.ellipse(box, fill=tuple(int(c) for c in colour))
-        self._dlab.ellipse(box, fill=label)
+    def rect(self, x0, y0, x1, y1, label: int, colour, obj: int = 0) -> None:
+        x0, x1 = sorted((float(x0), float(x1)))
+        y0, y1 = sorted((float(y0), float(y1)))
+        self.polygon([(x0, y0), (x1, y0), (x1, y1), (x0, y1)], label, colour, obj)
+
+    def ellipse(self, x0, y0, x1, y1, label: int, colour, obj: int = 0) -> None:
+        cx, cy = (float(x0) + float(x1)) / 2, (float(y0) + float(y1)) / 2
+        a, b = abs(float(x1) - float(x0)) / 2, abs(float(y1) - float(y0)) / 2
+        n = int(min(48, max(8, round(math.pi * (a + b) / 2))))  # a vertex every ~2 pixels
+        t = 2 * math.pi * np.arange(n) / n
+        self.polygon(list(zip(cx + a * np.cos(t), cy + b * np.sin(t))), label, colour, obj)
 
     def paint(self, pts, colour) -> None:
         """Colour only (texture details such as windows and lane marks)."""
         self._drgb.polygon([(float(x), float(y)) for x, y in pts], fill=tuple(int(c) for c in colour))
+
+    def instances(self) -> np.ndarray:
+        """Cityscapes instance ids (H, W) int32: ``labelId * 1000 + k`` on the k-th
+        visible object of an instance class (numbered per class, in drawing
+        order), the label id elsewhere."""
+        labels = np.asarray(self.lab, dtype=np.int32)
+        objects = np.asarray(self.obj, dtype=np.int32)
+        out = labels.copy()
+        count: Dict[int, int] = {}
+        for k in np.unique(objects[objects > 0]):  # ascending = drawing order
+            mask = (objects == k) & np.isin(labels, list(INSTANCE_IDS))
+            for label in np.unique(labels[mask]).tolist():  # one label per object
+                index = count.get(label, 0)
+                out[mask & (labels == label)] = label * 1000 + index
+                count[label] = index + 1
+        return out
+
+
+def _clip_polygon(pts: Sequence[Tuple[float, float]], xmax: float, ymax: float) -> List[Point]:
+    """Sutherland-Hodgman clip to [0, xmax] x [0, ymax], vertices made integers (as
+    in the real polygon files) by truncation, which is what PIL does to float
+    vertices. Empty when nothing is inside."""
+    def clip(poly, inside, cross):
+        out = []
+        for i, cur in enumerate(poly):
+            prev = poly[i - 1]
+            if inside(cur):
+                if not inside(prev):
+                    out.append(cross(prev, cur))
+                out.append(cur)
+            elif inside(prev):
+                out.append(cross(prev, cur))
+        return out
+
+    def at_x(x):
+        return lambda p, q: (x, p[1] + (q[1] - p[1]) * (x - p[0]) / (q[0] - p[0]))
+
+    def at_y(y):
+        return lambda p, q: (p[0] + (q[0] - p[0]) * (y - p[1]) / (q[1] - p[1]), y)
+
+    poly = list(pts)
+    for inside, cross in ((lambda p: p[0] >= 0, at_x(0.0)), (lambda p: p[0] <= xmax, at_x(xmax)),
+                          (lambda p: p[1] >= 0, at_y(0.0)), (lambda p: p[1] <= ymax, at_y(ymax))):
+        if not poly:
+            break
+        poly = clip(poly, inside, cross)
+    if len(poly) < 3:
+        return []
+    return [(int(x), int(y)) for x, y in poly]  # x, y >= 0 here: int() is floor
 
 
 def _vary(rng: np.random.Generator, colour, amount: float = 18.0) -> Tuple[int, int, int]:
@@ -114,11 +203,27 @@ def _vary(rng: np.random.Generator, colour, amount: float = 18.0) -> Tuple[int, 
     return tuple(int(v) for v in np.clip(c, 0, 255))
 
 
+@dataclass
+class Scene:
+    """One drawn street scene."""
+
+    rgb: np.ndarray  # (H, W, 3) uint8
+    labels: np.ndarray  # (H, W) uint8 Cityscapes label ids
+    instances: np.ndarray  # (H, W) int32 Cityscapes instance ids (see Canvas.instances)
+    polygons: List[Tuple[int, List[Point]]]  # (label id, vertices), back to front
+
+
 def generate_scene(rng: np.random.Generator, style: Style, weather: str = "day") -> Tuple[np.ndarray, np.ndarray]:
     """One street scene: colour image (H, W, 3) uint8 and Cityscapes label ids (H, W) uint8.
 
     ``weather`` is ``day``, ``dusk``, ``night`` or ``rain``.
     """
+    scene = draw_scene(rng, style, weather)
+    return scene.rgb, scene.labels
+
+
+def draw_scene(rng: np.random.Generator, style: Style, weather: str = "day") -> Scene:
+    """One street scene with its instance ids and polygons (see :func:`generate_scene`)."""
     w, h = style.size
     cv = Canvas(w, h)
     hz = h * rng.uniform(*style.horizon)  # horizon row
@@ -240,12 +345,13 @@ def generate_scene(rng: np.random.Generator, style: Style, weather: str = "day")
             bw = scale * {"car": 0.55, "truck": 0.7, "bus": 0.8}[sub]
             bh = scale * {"car": 0.3, "truck": 0.55, "bus": 0.6}[sub]
             label = {"car": CAR, "truck": TRUCK, "bus": BUS}[sub]
+            obj = cv.new_object()
             body = _vary(rng, rng.choice([(160, 20, 20), (30, 50, 140), (200, 200, 200), (30, 30, 30),
                                           (120, 120, 125), (210, 180, 40)]), 20)
-            cv.rect(cx - bw / 2, y - bh, cx + bw / 2, y - bh * 0.15, label, body)
+            cv.rect(cx - bw / 2, y - bh, cx + bw / 2, y - bh * 0.15, label, body, obj)
             if sub == "car":  # cabin with darker glass
                 cv.polygon([(cx - bw * 0.35, y - bh), (cx - bw * 0.25, y - bh * 1.55),
-                            (cx + bw * 0.25, y - bh * 1.55), (cx + bw * 0.35, y - bh)], label, body)
+                            (cx + bw * 0.25, y - bh * 1.55), (cx + bw * 0.35, y - bh)], label, body, obj)
                 cv.paint([(cx - bw * 0.3, y - bh * 1.02), (cx - bw * 0.22, y - bh * 1.45),
                           (cx + bw * 0.22, y - bh * 1.45), (cx + bw * 0.3, y - bh * 1.02)], (40, 50, 60))
             else:
@@ -253,7 +359,7 @@ def generate_scene(rng: np.random.Generator, style: Style, weather: str = "day")
                           (cx + bw * 0.45, y - bh * 0.65), (cx - bw * 0.45, y - bh * 0.65)], (40, 50, 60))
             for wx in (cx - bw * 0.32, cx + bw * 0.32):  # wheels belong to the vehicle
                 r = bh * 0.2
-                cv.ellipse(wx - r, y - 2 * r, wx + r, y, label, (20, 20, 20))
+                cv.ellipse(wx - r, y - 2 * r, wx + r, y, label, (20, 20, 20), obj)
             for lx in (cx - bw * 0.4, cx + bw * 0.4):  # lights: tail/head
                 cv.paint([(lx - bw * 0.05, y - bh * 0.55), (lx + bw * 0.05, y - bh * 0.55),
                           (lx + bw * 0.05, y - bh * 0.45), (lx - bw * 0.05, y - bh * 0.45)],
@@ -262,20 +368,22 @@ def generate_scene(rng: np.random.Generator, style: Style, weather: str = "day")
             cx = vx + lateral * (half_road + (h - hz) * s * rng.uniform(0.15, 0.4))
             ph = scale * 0.75
             shirt = _vary(rng, _BASE_COLOURS[PERSON], 50)
-            cv.rect(cx - ph * 0.09, y - ph * 0.45, cx - ph * 0.01, y, PERSON, (40, 40, 60))  # legs
-            cv.rect(cx + ph * 0.01, y - ph * 0.45, cx + ph * 0.09, y, PERSON, (40, 40, 60))
-            cv.rect(cx - ph * 0.12, y - ph * 0.82, cx + ph * 0.12, y - ph * 0.43, PERSON, shirt)
-            cv.ellipse(cx - ph * 0.08, y - ph, cx + ph * 0.08, y - ph * 0.8, PERSON, (200, 160, 130))
+            obj = cv.new_object()
+            cv.rect(cx - ph * 0.09, y - ph * 0.45, cx - ph * 0.01, y, PERSON, (40, 40, 60), obj)  # legs
+            cv.rect(cx + ph * 0.01, y - ph * 0.45, cx + ph * 0.09, y, PERSON, (40, 40, 60), obj)
+            cv.rect(cx - ph * 0.12, y - ph * 0.82, cx + ph * 0.12, y - ph * 0.43, PERSON, shirt, obj)
+            cv.ellipse(cx - ph * 0.08, y - ph, cx + ph * 0.08, y - ph * 0.8, PERSON, (200, 160, 130), obj)
         elif kind == "cyclist":
             cx = vx + lateral * half_road
             ph = scale * 0.75
             r = ph * 0.2
+            bike, rider = cv.new_object(), cv.new_object()  # two instances of two classes
             for wx in (cx - ph * 0.25, cx + ph * 0.25):
-                cv.ellipse(wx - r, y - 2 * r, wx + r, y, BICYCLE, _BASE_COLOURS[BICYCLE])
-            cv.rect(cx - ph * 0.25, y - r * 1.2, cx + ph * 0.25, y - r * 0.9, BICYCLE, (150, 20, 20))
+                cv.ellipse(wx - r, y - 2 * r, wx + r, y, BICYCLE, _BASE_COLOURS[BICYCLE], bike)
+            cv.rect(cx - ph * 0.25, y - r * 1.2, cx + ph * 0.25, y - r * 0.9, BICYCLE, (150, 20, 20), bike)
             cv.rect(cx - ph * 0.1, y - ph * 0.9, cx + ph * 0.1, y - r * 1.2, RIDER,
-                    _vary(rng, _BASE_COLOURS[RIDER], 40))
-            cv.ellipse(cx - ph * 0.08, y - ph * 1.08, cx + ph * 0.08, y - ph * 0.9, RIDER, (200, 160, 130))
+                    _vary(rng, _BASE_COLOURS[RIDER], 40), rider)
+            cv.ellipse(cx - ph * 0.08, y - ph * 1.08, cx + ph * 0.08, y - ph * 0.9, RIDER, (200, 160, 130), rider)
         elif kind == "pole":
             cx = vx + lateral * (half_road + (h - hz) * s * 0.12)
             ph = scale * 1.6
@@ -317,7 +425,7 @@ def generate_scene(rng: np.random.Generator, style: Style, weather: str = "day")
     rgb = np.asarray(cv.rgb, dtype=np.float32)
     labels = np.asarray(cv.lab, dtype=np.uint8).copy()
     rgb = _shade(rng, rgb, labels, style, weather, hz)
-    return rgb, labels
+    return Scene(rgb, labels, cv.instances(), cv.polygons)
 
 
 def _shade(rng: np.random.Generator, rgb: np.ndarray, labels: np.ndarray, style: Style,
@@ -377,6 +485,28 @@ def _save_png(array: np.ndarray, path: str) -> None:
     Image.fromarray(array).save(path)
 
 
+def _cityscapes_colours() -> np.ndarray:
+    """Label id -> RGBA colour (256, 4), the official colours, opaque."""
+    lut = np.zeros((256, 4), dtype=np.uint8)
+    for label in CITYSCAPES_LABELS:
+        lut[label.id] = (*label.color, 255)
+    return lut
+
+
+def write_gtfine(scene: Scene, prefix: str) -> None:
+    """The gtFine files of one image: ``{prefix}_gtFine_labelIds.png`` (uint8),
+    ``_instanceIds.png`` (16 bit), ``_color.png`` (RGBA) and ``_polygons.json``
+    (``imgHeight``, ``imgWidth``, ``objects``: ``[{label, polygon}]`` back to front)."""
+    h, w = scene.labels.shape
+    names = {label.id: label.name for label in CITYSCAPES_LABELS}
+    _save_png(scene.labels, f"{prefix}_gtFine_labelIds.png")
+    _save_png(scene.instances.astype(np.uint16), f"{prefix}_gtFine_instanceIds.png")
+    _save_png(_cityscapes_colours()[scene.labels], f"{prefix}_gtFine_color.png")
+    objects = [{"label": names[label], "polygon": [[x, y] for x, y in poly]} for label, poly in scene.polygons]
+    with open(f"{prefix}_gtFine_polygons.json", "w") as f:
+        json.dump({"imgHeight": h, "imgWidth": w, "objects": objects}, f, indent=4)
+
+
 def to_train_ids(label_ids: np.ndarray) -> np.ndarray:
     """Cityscapes label ids -> train ids (255 ignore)."""
     return cityscapes_id_to_train_lut()[label_ids].astype(np.uint8)
@@ -414,12 +544,13 @@ def write_dataset(kind: str, out_dir: str, num_train: int = 40, num_val: int = 1
     for split, n in splits:
         for i in range(n):
             rng = np.random.default_rng([base, {"train": 0, "val": 1, "training": 2}[split], i])
-            rgb, ids = generate_scene(rng, style, _weather(kind, rng))
+            scene = draw_scene(rng, style, _weather(kind, rng))
+            rgb, ids = scene.rgb, scene.labels
             if kind == "cityscapes":
                 city = {"train": ["aachen", "bremen"], "val": ["frankfurt"]}[split][i % (2 if split == "train" else 1)]
                 stem = f"{city}_{i // 2 if split == 'train' else i:06d}_000019"
                 _save_png(rgb, os.path.join(root, "leftImg8bit", split, city, f"{stem}_leftImg8bit.png"))
-                _save_png(ids, os.path.join(root, "gtFine", split, city, f"{stem}_gtFine_labelIds.png"))
+                write_gtfine(scene, os.path.join(root, "gtFine", split, city, stem))
             elif kind == "bdd100k":
                 stem = f"{int(rng.integers(0, 2**32)):08x}-{base % 65536:04x}{i:04x}"
                 path = os.path.join(root, "images", "10k", split, f"{stem}.jpg")
@@ -474,4 +605,4 @@ def run(args: argparse.Namespace) -> int:
 
 
 # Every Cityscapes label id the drawer may emit must exist in the table.
-assert {l.id for l in CITYSCAPES_LABELS} >= set(_CAMVID_FROM_ID) | {EGO}
+assert {l.id for l in CITYSCAPES_LABELS} >= set(_CAMVID_FROM_ID) | {EGO} | INSTANCE_IDS

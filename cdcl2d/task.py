@@ -41,6 +41,25 @@ IMAGE_DATA_TYPES: Dict[str, Any] = {"crop": Size, "scale": Tuple[float, float], 
 IMAGE_DATA_KEYS = tuple(IMAGE_DATA_TYPES)
 DEFAULT_CROP = (512, 512)
 
+# mIoU as each dataset's reference evaluator averages it (``common.metrics`` modes;
+# "present": IoU is NaN where a class's union is empty and the mean skips it).
+MIOU_MODES = {
+    # cityscapesscripts evalPixelLevelSemanticLabeling: getIouScoreForLabel returns
+    # NaN for an empty union, getScoreAverage averages the non-NaN scores.
+    "cityscapes": "present",
+    # KITTI semantic: "data format and metrics conform with Cityscapes" (cvlibs
+    # eval_semseg), i.e. the same scripts.
+    "kitti": "present",
+    # bdd100k toolkit (bdd100k/eval/seg.py): IoU 0 for an empty union, mean over the
+    # classes found in the ground truth. "present" equals it unless a class is
+    # predicted but absent from the ground truth (the toolkit leaves it out, here
+    # it counts 0); common.metrics has no "classes in the ground truth" mode.
+    "bdd100k": "present",
+    # CamVid has no official tool; the field's reference (mmsegmentation IoUMetric)
+    # takes the NaN-mean over classes, as Cityscapes does.
+    "camvid": "present",
+}
+
 
 def collate(items: List[Dict[str, Any]]) -> Batch:
     """Stack items into a batch; images of different sizes are padded at the
@@ -198,6 +217,16 @@ class ImageTask(Task):
 
     def collate_fn(self, name: str, cfg: Dict[str, Any]) -> Optional[Callable]:
         return collate
+
+    def miou_mode(self, name: str, cfg: Dict[str, Any]) -> str:
+        """The official evaluator's mIoU for ``data.<name>.type`` (see ``MIOU_MODES``):
+        for every image dataset the mean over classes with a non-empty union, so a
+        subset (``eval.max_samples``, a small zero-shot set) scores as the official
+        tool scores it."""
+        kind = cfg.get("type")
+        if kind not in MIOU_MODES:
+            raise ValueError(f"data.{name}.type is {kind!r}; valid image dataset types: {', '.join(MIOU_MODES)}")
+        return MIOU_MODES[kind]
 
     # -- model --------------------------------------------------------------------
     def build_model(self, model_cfg: Dict[str, Any], num_classes: int,

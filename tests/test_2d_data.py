@@ -1,4 +1,5 @@
 """Image readers on generated data, label tables, transforms, bad input."""
+import json
 import os
 import random
 
@@ -190,6 +191,86 @@ def test_transforms_reproducible_from_global_rng():
         np.random.seed(3)
         outs.append(t(image, labels))
     assert np.array_equal(outs[0][0], outs[1][0]) and np.array_equal(outs[0][1], outs[1][1])
+
+
+def _gtfine_files(root):
+    """``{stem: sorted suffixes}`` of every file under ``root/gtFine``."""
+    files = {}
+    for dirpath, _, names in os.walk(os.path.join(root, "gtFine")):
+        for name in names:
+            stem, _, suffix = name.partition("_gtFine_")
+            files.setdefault(os.path.join(dirpath, stem), []).append(suffix)
+    return {k: sorted(v) for k, v in files.items()}
+
+
+def test_cityscapes_tree_has_the_gtfine_file_set(synth_root):
+    """Every image has labelIds, instanceIds, color and polygons, in the formats of
+    the real gtFine files (what cityscapesscripts and users' tools read)."""
+    pytest.importorskip("cityscapesscripts")
+    from cityscapesscripts.helpers.annotation import Annotation
+    from cityscapesscripts.helpers.labels import id2label, name2label
+    from cityscapesscripts.preparation.json2labelImg import createLabelImage
+
+    from cdcl2d.synth import INSTANCE_IDS
+
+    root = os.path.join(synth_root, "cityscapes")
+    files = _gtfine_files(root)
+    assert len(files) == 3  # 2 train + 1 val images
+    colours = np.zeros((256, 4), np.uint8)
+    for label in id2label.values():
+        if label.id >= 0:
+            colours[label.id] = (*label.color, 255)
+    instance_ids = {l.id for l in id2label.values() if l.hasInstances and l.id >= 0}
+    assert INSTANCE_IDS == instance_ids
+    for stem, suffixes in files.items():
+        assert suffixes == ["color.png", "instanceIds.png", "labelIds.png", "polygons.json"], stem
+        with Image.open(stem + "_gtFine_labelIds.png") as img:
+            assert img.mode == "L"
+            lab = np.asarray(img)
+        assert lab.dtype == np.uint8 and lab.shape == (32, 64)
+        with Image.open(stem + "_gtFine_instanceIds.png") as img:
+            assert img.mode in ("I", "I;16")  # a 16-bit PNG, as json2instanceImg writes
+            inst = np.asarray(img).astype(np.int64)
+        assert inst.shape == lab.shape
+        is_inst = inst >= 1000
+        assert np.array_equal(inst[is_inst] // 1000, lab[is_inst])
+        assert np.array_equal(inst[~is_inst], lab[~is_inst])
+        assert np.array_equal(is_inst, np.isin(lab, list(instance_ids)))  # every object pixel has an id
+        with Image.open(stem + "_gtFine_color.png") as img:
+            assert img.mode == "RGBA"
+            assert np.array_equal(np.asarray(img), colours[lab])
+        annotation = Annotation()
+        annotation.fromJsonFile(stem + "_gtFine_polygons.json")
+        assert (annotation.imgHeight, annotation.imgWidth) == (32, 64)
+        with open(stem + "_gtFine_polygons.json") as f:
+            raw = json.load(f)
+        assert set(raw) == {"imgHeight", "imgWidth", "objects"} and raw["objects"]
+        for obj in raw["objects"]:
+            assert set(obj) == {"label", "polygon"} and obj["label"] in name2label
+            assert len(obj["polygon"]) >= 3
+            assert all(len(p) == 2 and all(isinstance(v, int) for v in p) for p in obj["polygon"])
+        # The polygons drawn back to front, as cityscapesscripts does, give the label ids.
+        assert np.array_equal(np.asarray(createLabelImage(annotation, "ids")), lab)
+        assert np.array_equal(np.asarray(createLabelImage(annotation, "color")), colours[lab])
+
+
+def test_synth_instances_are_the_generated_objects():
+    """Objects of instance classes get ids labelId*1000 + 0..n-1, one per drawn object
+    (a cyclist is a rider and a bicycle), numbered in drawing order."""
+    from cdcl2d.synth import STYLES, draw_scene, generate_scene
+
+    per_class = []
+    for seed in range(6):
+        scene = draw_scene(np.random.default_rng(seed), STYLES["cityscapes"])
+        assert scene.instances.dtype == np.int32 and scene.instances.shape == scene.labels.shape
+        ids = np.unique(scene.instances[scene.instances >= 1000])
+        for label in np.unique(ids // 1000):
+            numbers = sorted(int(i) % 1000 for i in ids if i // 1000 == label)
+            assert numbers == list(range(len(numbers)))
+            per_class.append(len(numbers))
+        rgb, labels = generate_scene(np.random.default_rng(seed), STYLES["cityscapes"])
+        assert np.array_equal(rgb, scene.rgb) and np.array_equal(labels, scene.labels)
+    assert max(per_class) >= 2  # several objects of one class are told apart
 
 
 def test_crop_pads_with_ignore_and_mean():
