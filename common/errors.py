@@ -7,9 +7,26 @@ Each is also the builtin type that code catching it before expected, so
 """
 from __future__ import annotations
 
+import re
+
 
 class UserError(Exception):
     """A problem with the user's input, named in the message (file, key, path)."""
+
+    def __init__(self, *args: object) -> None:
+        if len(args) == 1 and isinstance(args[0], str):
+            args = (_own_message(args[0], type(self).__name__),)
+        super().__init__(*args)
+
+
+def _own_message(msg: str, name: str) -> str:
+    """An error raised in a DataLoader worker comes back as ``type(msg)``
+    with the worker's traceback in ``msg`` (torch's ``ExceptionWrapper``):
+    keep the error's own message, so that it stays one line."""
+    if not msg.startswith("Caught ") or "\nOriginal Traceback" not in msg:
+        return msg
+    found = list(re.finditer(rf"^(?:[\w.]+\.)?{re.escape(name)}: ", msg, re.M))
+    return msg[found[-1].end():].rstrip("\n") if found else msg
 
 
 class DataError(UserError, ValueError):

@@ -167,6 +167,20 @@ def test_semantickitti_bad_file_is_one_line_naming_it(lidar, tmp_path, capsys, c
                                                         name), problem)
 
 
+@pytest.mark.parametrize("command", ["eval", "train"])
+def test_bad_file_read_in_a_loader_worker_is_one_line(lidar, tmp_path, capsys, command):
+    root = _copy(lidar.data / "semantickitti", tmp_path / "semantickitti")
+    seqs = ["08"] if command == "eval" else ["00", "01", "02", "03", "04", "05", "06", "07", "09", "10"]
+    for scan in (p for s in seqs for p in (root / "sequences" / s / "velodyne").glob("*.bin")):
+        _corrupt_points(scan, "nan", 4)  # whichever scan the first batch reads
+    cfg = _config(lidar, tmp_path / "c.yaml", data__semantickitti__root=str(root),
+                  data__semantickitti__num_workers=1, eval__num_workers=1)
+    argv = (["eval", cfg, "--checkpoint", lidar.ckpt, "--dataset", "semantickitti"] if command == "eval" else
+            ["train", cfg, "--work-dir", tmp_path / "run"])
+    rc, out, err = _run(capsys, *argv)
+    _assert_one_line(rc, out, err, command, os.path.join("velodyne", "000000.bin"), "NaN or infinite")
+
+
 NUSCENES_CASES = {
     "bin_size": (".pcd.bin", "not a multiple of 20"),
     "label_count": ("_lidarseg.bin", "3 labels"),
