@@ -402,6 +402,31 @@ def test_export_of_an_unseen_dataset_exports_its_branch(tmp_path, capsys, toy):
     assert report["dataset"] == "c" and report["branch"] == "b" and out.stat().st_size > 0
 
 
+def test_show_names_its_mistakes(tmp_path, capsys, kitti):
+    cfg = write_config(tmp_path / "kitti.yaml", lidar_dict(kitti))
+    png = tmp_path / "x.png"
+    run_bad(capsys, ["show", cfg, "--index", "99", "--png", png, "--backend", "numpy"], "--index 99")
+    run_bad(capsys, ["show", cfg, "--dataset", "zz", "--png", png, "--backend", "numpy"], "zz", "kitti.yaml")
+    scan = str(sorted(kitti.glob("sequences/08/velodyne/*.bin"))[0])
+    run_bad(capsys, ["show", scan, "--color", "pred", "--png", png, "--backend", "numpy"], "pred")
+    bad = tmp_path / "bad.label"
+    np.full(len(np.fromfile(scan, np.float32)) // 4, 7777, np.uint32).tofile(bad)  # no such raw id
+    run_bad(capsys, ["show", scan, "--labels", bad, "--png", png, "--backend", "numpy"], bad)
+    assert not png.exists()
+
+
+def test_show_keeps_the_traceback_of_a_bug(tmp_path, monkeypatch, kitti):
+    import cdcl3d.vis.cli
+
+    def bug(*args, **kwargs):
+        raise ValueError("a bug, not bad input")
+
+    monkeypatch.setattr(cdcl3d.vis.cli, "colorize", bug)
+    scan = str(sorted(kitti.glob("sequences/08/velodyne/*.bin"))[0])
+    with pytest.raises(ValueError, match="a bug"):
+        main(["show", scan, "--png", str(tmp_path / "x.png"), "--backend", "numpy"])
+
+
 # -- Open3D without its system libraries --------------------------------------------------
 
 def _scan(tmp_path):

@@ -33,12 +33,19 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from common.errors import DataError, UserError
+
 from .colors import (CORRECT_COLOR, IGNORE_INDEX, IGNORED_COLOR, MODES, WRONG_COLOR, class_names,
                      colorize, nuscenes_fine_to_train_lut, point_ranges, present_classes, train_palette)
 from .render import CAMERAS, make_camera, render_any, save_png
 from .viewer import ScanData, has_display, show_window
 
 DATASETS = ("semantickitti", "nuscenes")
+
+
+class ShowError(UserError, ValueError):
+    """A ``cdcl show`` option that does not fit (a dataset, index or colour
+    mode the scan or config does not have)."""
 
 
 # -- reading files ----------------------------------------------------------------
@@ -71,7 +78,7 @@ def read_kitti_ids(path: str, num_points: int) -> np.ndarray:
     try:
         return SemanticKittiLabelMap().to_train(raw)
     except ValueError as exc:
-        raise ValueError(f"{path}: {exc}") from exc
+        raise DataError(f"{path}: {exc}") from None
 
 
 def read_nuscenes_labels(path: str, num_points: int) -> np.ndarray:
@@ -82,7 +89,7 @@ def read_nuscenes_labels(path: str, num_points: int) -> np.ndarray:
     train = nuscenes_fine_to_train_lut()[fine]
     if train.size and train.min() < 0:
         bad = np.unique(fine[train < 0]).tolist()[:10]
-        raise ValueError(f"{path}: unknown nuScenes fine label id(s) {bad} (valid 0..31)")
+        raise DataError(f"{path}: unknown nuScenes fine label id(s) {bad} (valid 0..31)")
     return train
 
 
@@ -93,7 +100,7 @@ def read_nuscenes_preds(path: str, num_points: int) -> np.ndarray:
 
     ids = read_labels(path, num_points).astype(np.int64)
     if ids.size and ids.max() > 16:
-        raise ValueError(f"{path}: prediction ids up to {int(ids.max())}, but a nuScenes prediction "
+        raise DataError(f"{path}: prediction ids up to {int(ids.max())}, but a nuScenes prediction "
                          "holds challenge ids 0..16 (is this a fine-id label file? pass it as --labels)")
     return np.where(ids == 0, IGNORE_INDEX, ids - 1)
 
@@ -102,7 +109,7 @@ def load_scan_files(scan: str, labels: Optional[str] = None, pred: Optional[str]
                     dataset: Optional[str] = None) -> Tuple[ScanData, str]:
     """Read a scan (and its labels / prediction) from disk; returns the scan
     with train ids and the dataset name. Bad files raise the readers' errors
-    (FileNotFoundError / ValueError naming the file)."""
+    (FileNotFoundError / DataError naming the file)."""
     dataset = dataset or infer_dataset(scan)
     name = os.path.basename(scan)
     if dataset == "semantickitti":
@@ -119,7 +126,7 @@ def load_scan_files(scan: str, labels: Optional[str] = None, pred: Optional[str]
         lab = read_nuscenes_labels(labels, len(points)) if labels else None
         prd = read_nuscenes_preds(pred, len(points)) if pred else None
     else:
-        raise ValueError(f"unknown dataset {dataset!r}; valid: {list(DATASETS)}")
+        raise ShowError(f"unknown dataset {dataset!r}; valid: {list(DATASETS)}")
     return ScanData(points=points, labels=lab, preds=prd, name=name), dataset
 
 
@@ -195,9 +202,9 @@ def show_scan(points: np.ndarray, labels: Optional[np.ndarray] = None, preds: Op
     if mode is None:
         mode = modes[0]
     if mode not in MODES:
-        raise ValueError(f"unknown colour mode {mode!r}; valid: {list(MODES)}")
+        raise ShowError(f"unknown colour mode {mode!r}; valid: {list(MODES)}")
     if mode not in modes:
-        raise ValueError(f"colour mode {mode!r} needs data this scan lacks "
+        raise ShowError(f"colour mode {mode!r} needs data this scan lacks "
                          f"(labels: {labels is not None}, predictions: {preds is not None}); "
                          f"possible: {modes}")
     if range_png:
@@ -250,13 +257,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``cdcl show``; bad input prints ``cdcl show: error: ...`` and returns 2
-    (``cdcl -v show`` keeps the traceback)."""
-    from common.errors import UserError
-
+    (``cdcl -v show`` keeps the traceback); anything else is a bug and keeps it."""
     try:
         return _run(args)
-    except (UserError, FileNotFoundError, ValueError, RuntimeError) as exc:
-        # ValueError: the readers' bad-file errors; RuntimeError: a renderer that crashed
+    except (UserError, FileNotFoundError) as exc:
         if getattr(args, "verbose", False):
             raise
         print(f"cdcl show: error: {exc}", file=sys.stderr)
@@ -274,12 +278,12 @@ def _from_config(args: argparse.Namespace) -> int:
     cfg = load_config(args.scan)
     name = args.dataset or cfg.names[0]
     if name not in cfg.data:
-        raise ValueError(f"{args.scan}: no dataset {name!r}; datasets: {cfg.names}")
+        raise ShowError(f"--dataset {name!r}: the config {args.scan} has {list(cfg.data)}")
     task = get_task(cfg)
     split = args.split or cfg.data[name].val_split
     ds = build_dataset(cfg, name, split, False, task)
     if not 0 <= args.index < len(ds):
-        raise ValueError(f"--index {args.index} outside 0..{len(ds) - 1} ({name}/{split})")
+        raise ShowError(f"--index {args.index} outside 0..{len(ds) - 1} ({name}/{split})")
     reader = getattr(ds, "base", ds)
     raw = reader[args.index]
     labels = raw.get("labels")
@@ -309,7 +313,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.scan.endswith((".yaml", ".yml")):
         return _from_config(args)
     if args.dataset is not None and args.dataset not in DATASETS:
-        raise ValueError(f"--dataset must be one of {DATASETS} for a scan file")
+        raise ShowError(f"--dataset must be one of {DATASETS} for a scan file")
     scan, dataset = load_scan_files(args.scan, args.labels, args.pred, args.dataset)
     window = bool(args.window or (has_display() and not args.png))
     if window:

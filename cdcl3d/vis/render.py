@@ -38,7 +38,14 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from common.errors import UserError
+
 from .colors import BACKGROUND_COLOR
+
+
+class RenderError(UserError, RuntimeError):
+    """Open3D cannot render on this machine (no display, no Vulkan/EGL driver,
+    a crashed or stalled renderer); the message says what is needed."""
 
 CAMERAS = ("bev", "chase")
 
@@ -320,7 +327,7 @@ def _render_in_child(jobs: Sequence[Dict[str, Any]], timeout: float) -> List[np.
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
         except subprocess.TimeoutExpired as exc:
-            raise RuntimeError(f"Open3D offscreen rendering timed out after {timeout:.0f} s") from exc
+            raise RenderError(f"Open3D offscreen rendering timed out after {timeout:.0f} s") from exc
         if proc.returncode == _MISSING_OPEN3D_EXIT:
             from common.errors import MissingDependencyError
             raise MissingDependencyError(proc.stderr.strip().splitlines()[-1] if proc.stderr.strip()
@@ -329,7 +336,7 @@ def _render_in_child(jobs: Sequence[Dict[str, Any]], timeout: float) -> List[np.
             how = (f"killed by signal {-proc.returncode}" if proc.returncode < 0
                    else f"exit status {proc.returncode}")
             tail = (proc.stdout[-1500:] + "\n" + proc.stderr[-1500:]).strip()
-            raise RuntimeError(
+            raise RenderError(
                 f"Open3D offscreen rendering failed in the child process ({how}); a Vulkan or EGL "
                 "driver is needed (e.g. apt packages libvulkan1 mesa-vulkan-drivers libegl1 libgl1). "
                 f"Child output:\n{tail}")

@@ -91,13 +91,13 @@ def show_window(load_scan: Callable[[int], ScanData], num_scans: int, palette: O
                 title: str = "cdcl show") -> None:
     """Open an Open3D window on scan ``start`` of ``num_scans`` (loaded lazily by
     ``load_scan(i)``) and run until Q or the window closes."""
-    from .render import import_open3d
+    from .render import RenderError, import_open3d
 
     o3d = import_open3d()
 
     if not has_display():
-        raise RuntimeError("no display ($DISPLAY and $WAYLAND_DISPLAY are unset): render to PNG "
-                           "instead (cdcl show ... --png OUT.png)")
+        raise RenderError("no display ($DISPLAY and $WAYLAND_DISPLAY are unset): render to PNG "
+                          "instead (cdcl show ... --png OUT.png)")
     first = load_scan(start)
     state = ViewerState(num_scans=num_scans, index=start, mode=mode or first.modes()[0], modes=first.modes())
     current = {"scan": first}
@@ -139,7 +139,7 @@ def show_window(load_scan: Callable[[int], ScanData], num_scans: int, palette: O
 
     vis = o3d.visualization.VisualizerWithKeyCallback()
     if not vis.create_window(window_name=title, width=1280, height=800):
-        raise RuntimeError("Open3D could not create a window (is the display reachable?)")
+        raise RenderError("Open3D could not create a window (is the display reachable?)")
     opt = vis.get_render_option()
     opt.point_size = float(point_size)
     opt.background_color = np.zeros(3)
