@@ -85,7 +85,10 @@ class StrategyConfig:
 
 @dataclass
 class TrainConfig:
-    iterations: int = 1000
+    # the length: iterations, or epochs of the reference dataset (converted once by
+    # the trainer); at most one of the two, 1000 iterations when neither is set
+    iterations: Optional[int] = None
+    epochs: Optional[float] = None
     seed: int = 0
     mode: str = "dat"  # dat | fused | sequential
     lr: float = 0.01
@@ -107,6 +110,10 @@ class TrainConfig:
     progress: bool = True
     threads: Optional[int] = None
     tb_images: bool = True
+
+    def __post_init__(self) -> None:
+        if self.iterations is None and self.epochs is None:
+            self.iterations = 1000
 
 
 @dataclass
@@ -390,7 +397,7 @@ def _check_with_task(cfg: Config) -> None:
 #: numeric limits, one row per key: (key, lowest, lowest allowed itself, highest);
 #: ``data.*`` applies to every dataset, None values (unset options) pass
 LIMITS = (
-    ("train.iterations", 1, True, None), ("train.lr", 0, False, None),
+    ("train.iterations", 1, True, None), ("train.epochs", 0, False, None), ("train.lr", 0, False, None),
     ("train.momentum", 0, True, 1), ("train.weight_decay", 0, True, None),
     ("train.poly_power", 0, True, None), ("train.warmup_iters", 0, True, None),
     ("train.warmup_ratio", 0, True, 1), ("train.clip_grad", 0, False, None),
@@ -432,6 +439,10 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"{src}: 'train.amp' must be none, bf16 or fp16")
     if cfg.train.on_nonfinite not in ("stop", "skip"):
         raise ConfigError(f"{src}: 'train.on_nonfinite' must be stop or skip")
+    if cfg.train.iterations is not None and cfg.train.epochs is not None:
+        raise ConfigError(f"{src}: 'train.iterations' ({cfg.train.iterations}) and 'train.epochs' "
+                          f"({cfg.train.epochs:g}) are both set: set one (train.iterations=null drops "
+                          "iterations set in a _base_ file)")
     _check_limits(cfg)
     for name, dc in cfg.data.items():
         if dc.branch is not None and dc.branch not in cfg.names:
