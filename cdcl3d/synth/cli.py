@@ -1,4 +1,5 @@
-"""``cdcl synth lidar``: write the generated SemanticKITTI and nuScenes trees."""
+"""``cdcl synth lidar``: write the generated SemanticKITTI and nuScenes trees
+(nuScenes: ``v1.0-mini`` with labels and an unlabelled ``v1.0-test``)."""
 from __future__ import annotations
 
 import argparse
@@ -19,6 +20,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="points per scan: a value <= 10 scales the azimuth steps of both "
                              "sensors (1.0: ~120k KITTI / ~34k nuScenes points); a larger value is "
                              "a target for a KITTI scan (nuScenes scaled alike) (default: %(default)s)")
+    parser.add_argument("--nuscenes-test-scans", type=int, default=None, metavar="N",
+                        help="keyframes of the unlabelled nuScenes v1.0-test version, dealt over the "
+                             "devkit's 150 test scenes, at least one each; 0: no test version "
+                             "(default: one per scene)")
     parser.add_argument("--only", choices=["semantickitti", "nuscenes"], default=None,
                         help="write one dataset only")
     parser.add_argument("--stats", action="store_true",
@@ -44,10 +49,16 @@ def run(args: argparse.Namespace) -> int:
     if args.scans > 0:
         start = time.perf_counter()
         res = generate_lidar(args.out, seed=args.seed, scans=args.scans,
-                             points_scale=points_to_scale(args.points), datasets=datasets)
+                             points_scale=points_to_scale(args.points), datasets=datasets,
+                             nuscenes_test_scans=getattr(args, "nuscenes_test_scans", None))
         took = time.perf_counter() - start
         for name in datasets:
             print(f"{name}: {res[name]['scans']} scans -> {res[name]['root']}")
+            if "test" in res[name]:
+                test = res[name]["test"]
+                print(f"{name}: {test['scans']} unlabelled scans in {test['scenes']} scenes -> "
+                      f"{res[name]['root']}/{test['version']} (data.{name}.version={test['version']} "
+                      f"--split test)")
         print(f"done in {took:.1f} s")
     elif args.scans < 0 or not args.stats:
         raise ValueError(f"--scans must be >= 1 (or 0 with --stats), got {args.scans}")

@@ -9,7 +9,14 @@
 * ``<out>/nuscenes/...`` -- a ``v1.0-mini`` tree whose ten scenes carry the
   devkit's ``mini_train`` / ``mini_val`` names, so the devkit's own splits and
   ``LidarSegEval`` apply unchanged. Every scene has at least one sample, so
-  the nuScenes set holds ``max(scans, 10)`` samples.
+  the nuScenes set holds ``max(scans, 10)`` samples. Beside it, as on the real
+  dataroot, a ``v1.0-test`` version: its own tables for the 150 scenes of the
+  devkit's ``test`` split (one keyframe each by default), no annotations
+  (empty ``instance``, ``sample_annotation`` and ``lidarseg`` tables, as the
+  official release ships them), its scans in the shared
+  ``samples/LIDAR_TOP``. ``cdcl predict --split test`` with
+  ``data.nuscenes.version=v1.0-test`` writes a submission that the devkit's
+  ``validate_submission`` accepts.
 
 Everything is a pure function of ``seed`` (one random generator per world and
 per scan, keyed by dataset, sequence and index), so two runs write the same
@@ -21,7 +28,7 @@ import dataclasses
 import math
 import os
 from importlib import resources
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import yaml
@@ -52,6 +59,15 @@ _LIDAR_ROTATION = quaternion_yaw(-math.pi / 2)   # sensor x right, y forward
 NUSCENES_MINI_TRAIN = ("scene-0061", "scene-0553", "scene-0655", "scene-0757", "scene-0796",
                        "scene-1077", "scene-1094", "scene-1100")
 NUSCENES_MINI_VAL = ("scene-0103", "scene-0916")
+
+
+# the scene names of nuscenes.utils.splits.test (what v1.0-test holds), as runs
+# of scene numbers; a test checks them against the devkit
+NUSCENES_TEST_VERSION = "v1.0-test"
+_NUSCENES_TEST_RUNS = ((77, 91), (111, 119), (140, 140), (142, 148), (265, 266), (279, 282), (307, 314),
+                       (333, 343), (481, 498), (547, 551), (601, 604), (606, 624), (827, 831), (833, 842),
+                       (844, 846), (932, 933), (935, 943), (1026, 1043))
+NUSCENES_TEST = tuple(f"scene-{n:04d}" for a, b in _NUSCENES_TEST_RUNS for n in range(a, b + 1))
 
 
 def _nuscenes_scene_names() -> List[str]:
@@ -107,11 +123,39 @@ def generate_semantickitti(out: str, seed: int = 0, scans: int = 60,
     return {"root": out, "sequences": written, "scans": int(sum(written.values()))}
 
 
-def generate_nuscenes(out: str, seed: int = 0, scans: int = 60,
-                      points_scale: float = 1.0) -> Dict[str, object]:
-    """Write a ``v1.0-mini`` nuScenes tree (tables, point clouds, lidarseg labels) under ``out``."""
+def generate_nuscenes(out: str, seed: int = 0, scans: int = 60, points_scale: float = 1.0,
+                      test_scans: Optional[int] = None) -> Dict[str, object]:
+    """Write a ``v1.0-mini`` nuScenes tree (tables, point clouds, lidarseg labels)
+    under ``out`` and, unless ``test_scans`` is 0, a ``v1.0-test`` version beside
+    it (unlabelled; ``test_scans`` keyframes dealt over its 150 scenes, at least
+    one each; None: one each)."""
     names = _nuscenes_scene_names()
     counts = _deal(scans, list(range(len(names))), minimum=1)
+    result = _write_nuscenes_version(out, NUSCENES_VERSION, names, counts, seed, points_scale,
+                                     labelled=True)
+    result = {"root": out, **result}
+    if test_scans is None or test_scans > 0:
+        test_counts = _deal(test_scans or len(NUSCENES_TEST), list(range(len(NUSCENES_TEST))), minimum=1)
+        result["test"] = _write_nuscenes_version(out, NUSCENES_TEST_VERSION, list(NUSCENES_TEST), test_counts,
+                                                 seed, points_scale, labelled=False)
+    return result
+
+
+def _write_nuscenes_version(out: str, version: str, names: Sequence[str], counts: Dict[int, int], seed: int,
+                            points_scale: float, labelled: bool) -> Dict[str, object]:
+    """One version's tables under ``out/<version>`` and its scans under
+    ``out/samples/LIDAR_TOP`` (shared by the versions, as on the real
+    dataroot); ``labelled``: lidarseg labels and box annotations, else the
+    test layout (empty ``instance``, ``sample_annotation`` and ``lidarseg``)."""
+    # v1.0-mini keeps the tokens, streams and names it always had; another
+    # version draws from its own streams and names its logs and tokens apart
+    mini = version == NUSCENES_VERSION
+    stream = 1 if mini else 2
+    key: Tuple[str, ...] = () if mini else (version,)
+
+    def tok(*parts: object) -> str:
+        return token(seed, *key, *parts)
+
     t = {name: [] for name in ("attribute", "calibrated_sensor", "category", "ego_pose", "instance",
                                "log", "map", "sample", "sample_annotation", "sample_data", "scene",
                                "sensor", "visibility", "lidarseg")}
@@ -120,17 +164,17 @@ def generate_nuscenes(out: str, seed: int = 0, scans: int = 60,
     t["attribute"] = [{"token": token(seed, "attribute", n), "name": n, "description": d}
                       for n, d in ATTRIBUTES]
     attr_token = {a["name"]: a["token"] for a in t["attribute"]}
-    t["visibility"] = [{"token": tok, "level": lvl, "description": d} for tok, lvl, d in VISIBILITY]
+    t["visibility"] = [{"token": vt, "level": lvl, "description": d} for vt, lvl, d in VISIBILITY]
     sensor_token = token(seed, "sensor", "LIDAR_TOP")
     t["sensor"] = [{"token": sensor_token, "channel": "LIDAR_TOP", "modality": "lidar"}]
     lidar_dir = os.path.join(out, "samples", "LIDAR_TOP")
-    seg_dir = os.path.join(out, "lidarseg", NUSCENES_VERSION)
+    seg_dir = os.path.join(out, "lidarseg", version)  # empty for the test version, as released
     os.makedirs(lidar_dir, exist_ok=True)
     os.makedirs(seg_dir, exist_ok=True)
 
     for si, name in enumerate(names):
         n = counts[si]
-        wrng = np.random.default_rng([seed, 1, si])
+        wrng = np.random.default_rng([seed, stream, si])
         location = _NUSCENES_LOCATIONS[si % len(_NUSCENES_LOCATIONS)]
         style = dataclasses.replace(NUSCENES_STYLE, left_hand=location.startswith("singapore"))
         speed = wrng.uniform(3.0, 8.0)
@@ -138,21 +182,27 @@ def generate_nuscenes(out: str, seed: int = 0, scans: int = 60,
         world = build_street(style, wrng, max(1, n - 1) * speed * dt)
         sy = world.sensor_path[0][1]
         origin = (300.0 + 150.0 * si, 900.0 + 40.0 * si)  # scene placement in the map frame
-        t0 = 1531000000000000 + si * 3_600_000_000
-        logfile = f"n015-2018-07-{10 + si:02d}-11-22-45+0800"
-        log_token = token(seed, "log", si)
-        t["log"].append({"token": log_token, "logfile": logfile, "vehicle": "n015",
-                         "date_captured": f"2018-07-{10 + si:02d}", "location": location})
-        cs_token = token(seed, "calibrated_sensor", si)
+        if mini:
+            t0 = 1531000000000000 + si * 3_600_000_000
+            date = f"2018-07-{10 + si:02d}"
+            logfile = f"n015-{date}-11-22-45+0800"
+        else:  # one day per scene, 28 a month
+            t0 = 1546000000000000 + si * 86_400_000_000
+            date = f"2019-{1 + si // 28:02d}-{1 + si % 28:02d}"
+            logfile = f"n008-{date}-15-16-36-0500"
+        log_token = tok("log", si)
+        t["log"].append({"token": log_token, "logfile": logfile, "vehicle": logfile[:4],
+                         "date_captured": date, "location": location})
+        cs_token = tok("calibrated_sensor", si)
         t["calibrated_sensor"].append({"token": cs_token, "sensor_token": sensor_token,
                                        "translation": list(_LIDAR_TRANSLATION),
                                        "rotation": list(_LIDAR_ROTATION), "camera_intrinsic": []})
-        scene_token = token(seed, "scene", si)
-        sample_tokens = [token(seed, "sample", si, i) for i in range(n)]
-        sd_tokens = [token(seed, "sample_data", si, i) for i in range(n)]
+        scene_token = tok("scene", si)
+        sample_tokens = [tok("sample", si, i) for i in range(n)]
+        sd_tokens = [tok("sample_data", si, i) for i in range(n)]
         inst_anns: Dict[int, List[dict]] = {}
         for i in range(n):
-            srng = np.random.default_rng([seed, 1, si, i])
+            srng = np.random.default_rng([seed, stream, si, i])
             x = i * speed * dt + srng.normal(0, 0.2)
             y = sy + srng.normal(0, 0.1)
             yaw = srng.normal(0, 0.02)
@@ -168,13 +218,14 @@ def generate_nuscenes(out: str, seed: int = 0, scans: int = 60,
             fname = f"samples/LIDAR_TOP/{logfile}__LIDAR_TOP__{ts}.pcd.bin"
             pts.tofile(os.path.join(out, fname))
             sd = sd_tokens[i]
-            seg_name = f"lidarseg/{NUSCENES_VERSION}/{sd}_lidarseg.bin"
-            NUSCENES_OF_KIND[s["kind"]].astype(np.uint8).tofile(os.path.join(out, seg_name))
-            t["lidarseg"].append({"token": sd, "sample_data_token": sd, "filename": seg_name})
+            if labelled:
+                seg_name = f"lidarseg/{version}/{sd}_lidarseg.bin"
+                NUSCENES_OF_KIND[s["kind"]].astype(np.uint8).tofile(os.path.join(out, seg_name))
+                t["lidarseg"].append({"token": sd, "sample_data_token": sd, "filename": seg_name})
             # ego pose: the sensor sits 0.94 m ahead of the rear axle
             ex = x - _LIDAR_TRANSLATION[0] * math.cos(yaw) + origin[0]
             ey = y - _LIDAR_TRANSLATION[0] * math.sin(yaw) + origin[1]
-            ep = token(seed, "ego_pose", si, i)
+            ep = tok("ego_pose", si, i)
             t["ego_pose"].append({"token": ep, "timestamp": ts, "rotation": quaternion_yaw(yaw),
                                   "translation": [ex, ey, 0.0]})
             t["sample"].append({"token": sample_tokens[i], "timestamp": ts, "scene_token": scene_token,
@@ -189,10 +240,10 @@ def generate_nuscenes(out: str, seed: int = 0, scans: int = 60,
             ids, npts = np.unique(s["instance"][s["instance"] > 0], return_counts=True)
             for inst, cnt in zip(ids.tolist(), npts.tolist()):
                 inst_anns.setdefault(inst, []).append({"sample": i, "points": cnt})
-        for inst, anns in sorted(inst_anns.items()):
+        for inst, anns in sorted(inst_anns.items()) if labelled else ():
             thing = world.things[inst - 1]
-            inst_token = token(seed, "instance", si, inst)
-            ann_tokens = [token(seed, "sample_annotation", si, inst, a["sample"]) for a in anns]
+            inst_token = tok("instance", si, inst)
+            ann_tokens = [tok("sample_annotation", si, inst, a["sample"]) for a in anns]
             attr = attribute_of_kind(thing.kind)
             for j, a in enumerate(anns):
                 t["sample_annotation"].append({
@@ -211,21 +262,24 @@ def generate_nuscenes(out: str, seed: int = 0, scans: int = 60,
         t["scene"].append({"token": scene_token, "log_token": log_token, "nbr_samples": n,
                            "first_sample_token": sample_tokens[0], "last_sample_token": sample_tokens[-1],
                            "name": name, "description": f"Generated street, {location}, {style.name} style."})
+    # one map image shared by the versions (the real maps are too)
     map_token = token(seed, "map", 0)
     map_file = f"maps/{map_token}.png"
     write_map_png(os.path.join(out, map_file))
     t["map"] = [{"token": map_token, "category": "semantic_prior", "filename": map_file,
                  "log_tokens": [rec["token"] for rec in t["log"]]}]
-    write_tables(os.path.join(out, NUSCENES_VERSION), t)
-    return {"root": out, "version": NUSCENES_VERSION, "scenes": len(names), "scans": len(t["sample"])}
+    write_tables(os.path.join(out, version), t)
+    return {"version": version, "scenes": len(names), "scans": len(t["sample"])}
 
 
 def generate_lidar(out: str, seed: int = 0, scans: int = 60, points_scale: float = 1.0,
-                   datasets: Sequence[str] = DATASETS) -> dict:
+                   datasets: Sequence[str] = DATASETS, nuscenes_test_scans: Optional[int] = None) -> dict:
     """Write the generated LiDAR datasets under ``out`` and return their paths and counts.
 
     ``scans`` is per dataset; ``points_scale`` multiplies the azimuth steps of
     both sensors (1.0: ~120k points per KITTI scan, ~34k per nuScenes scan).
+    ``nuscenes_test_scans``: keyframes of the nuScenes ``v1.0-test`` version
+    (None: one per test scene, 150; 0: no test version).
     """
     unknown = [d for d in datasets if d not in DATASETS]
     if unknown:
@@ -234,12 +288,15 @@ def generate_lidar(out: str, seed: int = 0, scans: int = 60, points_scale: float
         raise ValueError(f"scans must be >= 1, got {scans}")
     if not points_scale > 0:
         raise ValueError(f"points_scale must be > 0, got {points_scale}")
+    if nuscenes_test_scans is not None and nuscenes_test_scans < 0:
+        raise ValueError(f"nuscenes_test_scans must be >= 0, got {nuscenes_test_scans}")
     result: Dict[str, object] = {"out": out, "seed": seed}
     if "semantickitti" in datasets:
         result["semantickitti"] = generate_semantickitti(os.path.join(out, "semantickitti"), seed,
                                                          scans, points_scale)
     if "nuscenes" in datasets:
-        result["nuscenes"] = generate_nuscenes(os.path.join(out, "nuscenes"), seed, scans, points_scale)
+        result["nuscenes"] = generate_nuscenes(os.path.join(out, "nuscenes"), seed, scans, points_scale,
+                                               test_scans=nuscenes_test_scans)
     return result
 
 

@@ -8,7 +8,10 @@ relative to the first frame, row-major) and ``times.txt`` (seconds).
 nuScenes (``<out>/``): the 13 tables of ``v1.0-mini`` plus ``lidarseg.json``,
 ``samples/LIDAR_TOP/*.pcd.bin`` (float32 x, y, z, intensity, ring),
 ``lidarseg/v1.0-mini/<token>_lidarseg.bin`` (uint8 fine index per point) and
-one map PNG under ``maps/``.
+one map PNG under ``maps/``; ``v1.0-test`` beside it has the same tables with
+empty ``instance``, ``sample_annotation`` and ``lidarseg`` (as released: the
+devkit loads the categories' ``index`` and ``validate_submission`` counts the
+points of the scans) and an empty ``lidarseg/v1.0-test/``.
 """
 from __future__ import annotations
 
