@@ -22,4 +22,6 @@ def register() -> None:
 
     if "images" not in SYNTH._items:
         SYNTH.register("images", Command("generated street scenes in Cityscapes/BDD100K/CamVid/KITTI layouts",
-                                         _synth_args, _synth_run))
+                                         _synth_args, _synth_run,
+                                         example="cdcl synth images --out data/synth/images "
+                                                 "--datasets cityscapes,camvid --num-train 20"))

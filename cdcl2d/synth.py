@@ -589,7 +589,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"comma-separated subset of {', '.join(DATASETS)}")
     parser.add_argument("--num-train", type=int, default=40, help="training images per dataset")
     parser.add_argument("--num-val", type=int, default=10, help="validation images per dataset")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="random seed; the same seed writes the same files")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -17,7 +17,8 @@ def register() -> None:
         from .synth.cli import run
         return run(args)
 
-    SYNTH.register("lidar", Command("generated SemanticKITTI + nuScenes scans", _synth_args, _synth_run))
+    SYNTH.register("lidar", Command("generated SemanticKITTI + nuScenes scans", _synth_args, _synth_run,
+                                    example="cdcl synth lidar --out data/synth/lidar --scans 60 --stats"))
 
     def _show_args(p):
         from .vis.cli import add_arguments
@@ -27,5 +28,8 @@ def register() -> None:
         from .vis.cli import run
         return run(args)
 
-    COMMANDS.register("show", Command("show a scan with labels/predictions (Open3D window or PNG)",
-                                      _show_args, _show_run))
+    COMMANDS.register("show", Command(
+        "show a scan (or a config's scan or image) with labels/predictions (Open3D window or PNG)",
+        _show_args, _show_run,
+        example="cdcl show configs/3d/synth_cdcl.yaml --dataset nuscenes --index 0 "
+                "--checkpoint work_dirs/synth_cdcl/checkpoints/latest.pth --color error --png err.png"))

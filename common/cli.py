@@ -40,7 +40,7 @@ def cmd_train(args) -> int:
     cfg = _load(args)
     work_dir = args.work_dir or os.path.join(
         "work_dirs", os.path.splitext(os.path.basename(args.config))[0])
-    train(cfg, work_dir, resume=args.resume)
+    train(cfg, work_dir, resume=args.resume, overwrite=args.overwrite)
     return 0
 
 
@@ -48,7 +48,8 @@ def cmd_eval(args) -> int:
     from .evaluation import evaluate_checkpoint
 
     cfg = _load(args)
-    evaluate_checkpoint(cfg, args.checkpoint, out=args.out, split=args.split, only=args.dataset)
+    evaluate_checkpoint(cfg, args.checkpoint, out=args.out, split=args.split, only=args.dataset,
+                        verbose=args.verbose)
     if args.out:
         print(f"wrote {args.out}")
     return 0
@@ -136,6 +137,7 @@ def cmd_predict(args) -> int:
     from .build import build_dataset, get_task
     from .data import bad_sample_action
     from .dataset_specific import route
+    from .progress import track
     from .utils import check_writable
 
     cfg = _config_for_checkpoint(args)
@@ -150,7 +152,8 @@ def cmd_predict(args) -> int:
     # a submission needs a file for every sample: an unreadable one is an
     # error naming it even under on_bad_sample: skip (an empty scan is read)
     with route(model, cfg.branch_of(args.dataset)), bad_sample_action(ds, "raise"):
-        written = task.predict(model, loader, args.dataset, ds, device, args.out,
+        written = task.predict(model, track(loader, desc=f"predict {args.dataset}/{args.split}"),
+                               args.dataset, ds, device, args.out,
                                dict(eval_options(cfg, args.dataset), split=args.split))
     print(f"wrote predictions for {args.dataset}/{args.split} under {args.out}"
           + (f" ({written} files)" if isinstance(written, int) else ""))
@@ -191,78 +194,117 @@ def cmd_synth(args) -> int:
     return int(SYNTH.get(args.target).run(args) or 0)
 
 
+def version() -> str:
+    """The installed package's version (setup.py), or 'unknown' when cdcl runs
+    from a source tree that was never installed."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as _version
+
+    try:
+        return _version("cdcl")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+_CKPT = "work_dirs/synth_cdcl/checkpoints/latest.pth"
+
+
+def add_command(sub, name: str, help: str, example: str) -> argparse.ArgumentParser:
+    """A sub-command parser whose ``--help`` ends with ``example`` (one real
+    command line, kept as written)."""
+    return sub.add_parser(name, help=help, description=help[:1].upper() + help[1:] + ".",
+                          epilog=f"example:\n  {example}",
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
 def build_parser() -> argparse.ArgumentParser:
     load_plugins()
     parser = argparse.ArgumentParser(
         prog="cdcl", description="Cross-Dataset Collaborative Learning: one segmentation network, "
-                                 "several datasets, dataset-specific BatchNorm and heads.")
+                                 "several datasets, dataset-specific BatchNorm and heads.",
+        epilog="example:\n  cdcl demo --quick", formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging; tracebacks for every error")
+    parser.add_argument("--version", action="version", version=f"cdcl {version()}",
+                        help="print the installed version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
-    p = sub.add_parser("train", help="train a config (single, CDCL or an ablation)")
+    p = add_command(sub, "train", "train a config (single, CDCL or an ablation)",
+                    "cdcl train configs/3d/synth_cdcl.yaml train.iterations=300 --work-dir work_dirs/synth_cdcl")
     _add_config(p)
-    p.add_argument("--work-dir", help="output folder (default work_dirs/<config name>)")
+    p.add_argument("--work-dir", help="output folder: checkpoints, log.jsonl, tb/, results.json "
+                   "(default: work_dirs/<config name>)")
     p.add_argument("--resume", metavar="PATH|auto", help="continue from a checkpoint; 'auto': latest in work dir")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("eval", help="evaluate a checkpoint on every dataset of a config")
+    p = add_command(sub, "eval", "evaluate a checkpoint on every dataset of a config",
+                    f"cdcl eval configs/3d/synth_cdcl.yaml --checkpoint {_CKPT} --out val.json")
     _add_config(p)
-    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--checkpoint", required=True, help="checkpoint (.pth) written by cdcl train")
     p.add_argument("--out", help="write the numbers as JSON here")
     p.add_argument("--split", help="split to evaluate (default each dataset's val_split)")
     p.add_argument("--dataset", action="append", help="evaluate only this dataset (repeatable)")
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("info", help="parameters, FLOPs and dataset-specific modules per dataset")
+    p = add_command(sub, "info", "parameters, FLOPs and dataset-specific modules per dataset",
+                    "cdcl info configs/3d/cdcl_salsanext_semantickitti_nuscenes.yaml --no-data")
     _add_config(p)
     p.add_argument("--no-data", action="store_true", help="take class counts from data.<name>.num_classes")
     p.set_defaults(func=cmd_info)
 
-    p = sub.add_parser("predict", help="write predictions in the benchmark's submission format")
+    p = add_command(sub, "predict", "write predictions in the benchmark's submission format",
+                    f"cdcl predict configs/3d/synth_cdcl.yaml --checkpoint {_CKPT} --dataset nuscenes "
+                    "--split test --out submission_nusc data.nuscenes.version=v1.0-test")
     _add_config(p)
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--dataset", required=True)
-    p.add_argument("--split", default="test")
-    p.add_argument("--out", required=True)
+    p.add_argument("--checkpoint", required=True, help="checkpoint (.pth) written by cdcl train")
+    p.add_argument("--dataset", required=True, help="the dataset (a name under data: in the config) to predict")
+    p.add_argument("--split", default="test", help="split to predict (default: %(default)s)")
+    p.add_argument("--out", required=True, help="output folder, laid out as the benchmark's submission")
     p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("export", help="collapse to one dataset, fold BN, export ONNX")
-    p.add_argument("checkpoint")
-    p.add_argument("--dataset", required=True)
-    p.add_argument("--out", required=True)
+    p = add_command(sub, "export", "collapse to one dataset, fold BN, export ONNX",
+                    f"cdcl export {_CKPT} --dataset nuscenes --out nuscenes.onnx")
+    p.add_argument("checkpoint", help="checkpoint (.pth) written by cdcl train")
+    p.add_argument("--dataset", required=True, help="the dataset whose branch and head are exported")
+    p.add_argument("--out", required=True, help="the ONNX file to write")
     p.add_argument("--config", help="config file (default: the one stored in the checkpoint)")
     p.add_argument("--no-fold", action="store_true", help="keep BatchNorm layers")
     p.set_defaults(func=cmd_export, overrides=[])
 
-    p = sub.add_parser("precise-bn", help="recompute one branch's BN statistics on a dataset")
+    p = add_command(sub, "precise-bn", "recompute one branch's BN statistics on a dataset",
+                    f"cdcl precise-bn configs/2d/synth_zeroshot_kitti.yaml --dataset kitti --checkpoint {_CKPT} "
+                    "--out kitti_pbn.pth")
     _add_config(p)
-    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--checkpoint", required=True, help="checkpoint (.pth) written by cdcl train")
     p.add_argument("--dataset", required=True, help="the dataset (from the config) to take statistics on")
     p.add_argument("--branch", help="the BN branch to update (default: data.<dataset>.branch, else the dataset)")
-    p.add_argument("--batches", type=int, default=200)
+    p.add_argument("--batches", type=int, default=200,
+                   help="batches of the dataset's training split to average over (default: %(default)s)")
     p.add_argument("--out", required=True, help="where to write the updated checkpoint")
     p.set_defaults(func=cmd_precise_bn)
 
-    p = sub.add_parser("demo", help="generate data, train baselines and CDCL, print the table")
+    p = add_command(sub, "demo", "generate data, train baselines and CDCL, print the table",
+                    "cdcl demo --task 2d --out demo_2d --quick")
     p.add_argument("--task", default="3d", help="3d (LiDAR, default) or 2d (images)")
-    p.add_argument("--out", default="demo_out")
-    p.add_argument("--seeds", type=int, nargs="+", default=None)
+    p.add_argument("--out", default="demo_out", help="folder for the data, runs and tables (default: %(default)s)")
+    p.add_argument("--seeds", type=int, nargs="+", default=None,
+                   help="training seeds, one run per method and seed (default: the task's)")
     p.add_argument("--quick", action="store_true", help="a much shorter run (smoke test)")
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("synth", help="write generated datasets in the real on-disk formats")
+    p = add_command(sub, "synth", "write generated datasets in the real on-disk formats",
+                    "cdcl synth lidar --out data/synth/lidar --scans 60")
     tsub = p.add_subparsers(dest="target", metavar="TARGET")
     tsub.required = True
     for name in SYNTH.names():
         c = SYNTH.get(name)
-        tp = tsub.add_parser(name, help=c.help)
+        tp = add_command(tsub, name, c.help, c.example or f"cdcl synth {name}")
         _safe_add_arguments(c, tp, f"synth {name}")
     p.set_defaults(func=cmd_synth)
 
     for name in COMMANDS.names():
         c = COMMANDS.get(name)
-        cp = sub.add_parser(name, help=c.help)
+        cp = add_command(sub, name, c.help, c.example or f"cdcl {name} --help")
         if _safe_add_arguments(c, cp, name):
             cp.set_defaults(func=c.run)
     return parser
@@ -280,7 +322,7 @@ def _safe_add_arguments(c, parser: argparse.ArgumentParser, label: str) -> bool:
             print(f"cdcl {label}: unavailable ({_err})", file=sys.stderr)
             return 2
         parser.set_defaults(func=unavailable)
-        parser.add_argument("rest", nargs=argparse.REMAINDER)
+        parser.add_argument("rest", nargs=argparse.REMAINDER, help="(not read: the command is unavailable)")
         return False
 
 

@@ -53,12 +53,15 @@ class Registry(Generic[T]):
 
 @dataclass
 class Command:
-    """A ``cdcl`` sub-command. ``add_arguments(parser)`` declares its options,
-    ``run(args) -> int`` executes it. Heavy imports belong inside ``run``."""
+    """A ``cdcl`` sub-command. ``add_arguments(parser)`` declares its options
+    (each with a ``help``), ``run(args) -> int`` executes it, ``example`` is
+    one real command line ending its ``--help``. Heavy imports belong inside
+    ``run``."""
 
     help: str
     add_arguments: Callable[[Any], None]
     run: Callable[[Any], int]
+    example: str = ""
 
 
 TASKS: Registry = Registry("task")
