@@ -67,7 +67,7 @@ def run_demo(args: argparse.Namespace) -> int:
             work_dir = os.path.join(out, "2d", f"{strategy}_{tag}_seed{seed}")
             print(f"== training {strategy} on {', '.join(names)} (seed {seed}, {iterations} iterations)"
                   f" -> {work_dir}", flush=True)
-            results = train(cfg, work_dir)
+            results = train(cfg, work_dir, overwrite=True)  # a demo run again replaces its runs
             for n, r in results.items():
                 rows[n][strategy].append(100.0 * float(r["miou"]))
 

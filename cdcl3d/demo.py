@@ -60,7 +60,7 @@ def run_demo(args) -> int:
             tag = f"{method}_{dataset or 'joint'}_seed{seed}"
             work = os.path.join(out, "runs", tag)
             t1 = time.time()
-            res = train(cfg, work)
+            res = train(cfg, work, overwrite=True)  # a demo run again replaces its runs
             for name, r in res.items():
                 scores[name].setdefault(method, []).append(r["miou"])
             print(f"[demo] {tag}: " + ", ".join(f"{n} mIoU {100 * r['miou']:.1f}" for n, r in res.items())

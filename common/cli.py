@@ -234,7 +234,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config(p)
     p.add_argument("--work-dir", help="output folder: checkpoints, log.jsonl, tb/, results.json "
                    "(default: work_dirs/<config name>)")
-    p.add_argument("--resume", metavar="PATH|auto", help="continue from a checkpoint; 'auto': latest in work dir")
+    again = p.add_mutually_exclusive_group()  # a work dir that holds a run needs one of the two
+    again.add_argument("--resume", metavar="PATH|auto", help="continue from a checkpoint; 'auto': latest in work dir")
+    again.add_argument("--overwrite", action="store_true",
+                       help="the work dir holds a run: remove its outputs (log, checkpoints, results, tb) "
+                            "and start again at step 0")
     p.set_defaults(func=cmd_train)
 
     p = add_command(sub, "eval", "evaluate a checkpoint on every dataset of a config",

@@ -363,6 +363,10 @@ class SkipTracker:
         self.samples = 0
         self.skipped: List[Tuple[Any, str]] = []
 
+    def __len__(self) -> int:
+        """Batches of the loader (a batch whose items were all skipped included)."""
+        return len(self.loader)
+
     def __iter__(self) -> Iterator[Any]:
         for out in self.loader:
             self.samples += out["samples"]

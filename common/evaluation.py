@@ -16,6 +16,7 @@ from .config import Config
 from .data import DropSkipped, SkipTracker, bad_sample_action
 from .dataset_specific import route
 from .errors import DataError
+from .progress import track
 from .metrics import ConfusionMatrix
 from .task import Task
 
@@ -66,8 +67,9 @@ def evaluate_model(cfg: Config, model: nn.Module, device: torch.device,
         if ds is None:
             ds = build_dataset(cfg, name, split or cfg.data[name].val_split, False, task)
         loader = build_eval_loader(cfg, name, ds, task)
+        batches = track(loader, desc=f"eval {name}")  # a bar at a terminal, else a log line every 10 %
         with route(model, cfg.branch_of(name)), bad_sample_action(ds, "drop"):
-            cms: Dict[str, ConfusionMatrix] = task.evaluate(model, loader, name, ds, device,
+            cms: Dict[str, ConfusionMatrix] = task.evaluate(model, batches, name, ds, device,
                                                            eval_options(cfg, name))
         skipped = [sid for sid, _ in loader.skipped]
         if loader.samples == 0:

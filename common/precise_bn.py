@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 from typing import Any, Callable, Dict, Hashable, Iterable, Iterator, List, Optional
 
 import torch
@@ -38,11 +39,11 @@ def update_bn_stats(model: nn.Module, loader: Iterable, forward: Callable[[nn.Mo
     ctx = route(model, branch) if branch else contextlib.nullcontext()
     try:
         with ctx:
-            for batch in loader:
-                if used >= num_batches:
-                    break
+            for batch in (loader if num_batches > 0 else ()):
                 forward(model, to_device(batch, device) if device is not None else batch)
                 used += 1
+                if used >= num_batches:  # before the loader reads a batch that is not used
+                    break
     finally:
         for m, (mom, tr) in zip(bns, saved):
             m.momentum = mom
@@ -102,6 +103,7 @@ def precise_bn_from_args(args) -> int:
     from .dataset_specific import collapse, dataset_names
     from .dist import select_device
     from .evaluation import load_model_for_eval
+    from .progress import track
     from .utils import check_writable
 
     cfg = load_config(args.config, args.overrides)
@@ -122,7 +124,9 @@ def precise_bn_from_args(args) -> int:
     # Only the chosen branch must change: update a collapsed copy, then copy
     # its statistics back into that branch.
     plain = collapse(model, branch) if dataset_names(model) else copy.deepcopy(model)
-    used = update_bn_stats(plain, loader, task.forward, args.batches, None, device)
+    total = min(args.batches, math.ceil(len(ds) / cfg.data[args.dataset].batch_size))  # about: sizes may differ
+    batches = track(loader, desc=f"precise-bn {args.dataset} -> branch {branch}", total=total)
+    used = update_bn_stats(plain, batches, task.forward, args.batches, None, device)
     state = model.state_dict()
     for k, v in plain.state_dict().items():
         if not (k.endswith("running_mean") or k.endswith("running_var") or k.endswith("num_batches_tracked")):

@@ -4,34 +4,54 @@
 
     work_dir/cdcl.lock                   pid and host of the run that owns the folder, while it runs
     work_dir/config.yaml                 the resolved config
+    work_dir/env.json                    python, package versions, CUDA, git commit (also in the log)
     work_dir/log.jsonl                   one JSON object per logged step / evaluation, each with the
                                          ``attempt`` that wrote it (1 for the first start, 2 for
-                                         the next start or resume, ...; a ``start`` record opens each)
+                                         the next resume, ...; a ``start`` record opens each)
     work_dir/tb/                         TensorBoard scalars (and task images)
     work_dir/checkpoints/latest.pth      every ``train.checkpoint_every`` steps and at the end
     work_dir/checkpoints/iter_NNNNNN.pth the last ``train.keep_checkpoints`` periodic ones
-    work_dir/checkpoints/best.pth        best mean mIoU over datasets
+    work_dir/checkpoints/best.pth        best mean mIoU over datasets (``best_metric``, ``best_iter``)
     work_dir/results.json                the final evaluation
 
+and logs (logger ``cdcl``) the work dir, the environment and the config at
+start, where every checkpoint went, and every ``train.log_every`` steps one
+line whose numbers are averages over the steps since the previous line::
+
+    iter 120/2000, epoch 1.52, loss/a 0.4321, loss/b 0.5012, lr 9.4702e-03, time 0.212,
+    data_time 0.004, eta 0:06:43, max_mem 812M                                (one line)
+
+(the same record goes to ``log.jsonl``). A tqdm bar comes on top only where
+stdout is a terminal (and ``train.progress``): redirected output has no carriage
+returns.
+
+A work dir that holds a run (a log or a checkpoint) is trained into again only
+with ``resume`` (continue it) or ``overwrite`` (remove its outputs, start at
+step 0): a second run is never appended to the first one's log by accident.
 Nothing written is lost. The work dir is checked (writable, no folder where a
 file goes) and locked before any work; a second run into it is refused while
 the owner lives. A checkpoint is written before the evaluation of its step:
 an evaluation that fails is logged (``eval_failed``) and raised with the
 weights saved. ``--resume`` continues the same run (bit-identical weights);
 a run whose checkpoint is final but whose ``results.json`` is missing or
-older (killed, or its evaluation failed) is resumed by evaluating only.
+older (killed, or its evaluation failed) is resumed by evaluating only. A
+resume with a longer ``train.iterations`` continues on the poly schedule of
+the new length. ``train.epochs`` (instead of ``train.iterations``) counts
+passes over the reference dataset and is converted to iterations once, at start.
 """
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import glob
 import json
 import logging
 import math
 import os
 import socket
+import sys
 import time
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 import torch
 from torch import nn
@@ -44,8 +64,10 @@ from .checkpoint import (CheckpointError, check_resumable, load_checkpoint, load
 from .config import Config, ConfigError, dump_config
 from .data import InfiniteLoader, MultiLoader
 from .engine import train_step
+from .environment import collect_env, format_env
 from .errors import PathError
 from .evaluation import evaluate_model, results_json, summary_table
+from .progress import interactive
 from .utils import atomic_write_bytes, path_error, seed_everything, to_device
 from .workdir import WorkDirLock, claim_work_dir
 
@@ -139,14 +161,20 @@ def restore_scaler(scaler: Optional[torch.amp.GradScaler], state: Dict[str, Any]
                        "starting a fresh scaler (scale %g)", path, scaler.get_scale())
 
 
-def _claim_work_dir(work_dir: str) -> Optional[WorkDirLock]:
-    """Rank 0 checks and locks the work dir; when it refuses, every rank stops
-    with its message (none is left waiting for rank 0)."""
+def _claim_work_dir(work_dir: str, refuse_previous_run: bool = False) -> Optional[WorkDirLock]:
+    """Rank 0 checks and locks the work dir (and, with ``refuse_previous_run``,
+    refuses one that holds a run); when it refuses, every rank stops with its
+    message (none is left waiting for rank 0)."""
     lock, error, refusal = None, None, None
     if dist.is_main():
         try:
             lock = claim_work_dir(work_dir)
+            if refuse_previous_run:
+                _refuse_previous_run(work_dir)
         except Exception as exc:
+            if lock is not None:
+                lock.release()
+                lock = None
             error, refusal = exc, (type(exc).__name__, str(exc))
     refusal = dist.broadcast_object(refusal)
     if refusal is None:
@@ -159,6 +187,50 @@ def _claim_work_dir(work_dir: str) -> Optional[WorkDirLock]:
     raise RuntimeError(f"rank 0 could not claim {work_dir}: {kind}: {message}")
 
 
+def previous_run(work_dir: str) -> List[str]:
+    """The outputs of an earlier run in ``work_dir`` (paths relative to it):
+    its log, checkpoints, results, TensorBoard logs and saved environment."""
+    found = [name for name in RUN_FILES if os.path.isfile(os.path.join(work_dir, name))]
+    found += sorted(os.path.relpath(p, work_dir) for p in glob.glob(
+        os.path.join(glob.escape(os.path.join(work_dir, "checkpoints")), "iter_*.pth")))
+    if os.path.isdir(os.path.join(work_dir, "tb")) and os.listdir(os.path.join(work_dir, "tb")):
+        found.append("tb" + os.sep)
+    return found
+
+
+#: what a run writes besides its iter_*.pth checkpoints and tb/ (config.yaml is rewritten anyway)
+RUN_FILES = ("log.jsonl", os.path.join("checkpoints", "latest.pth"), os.path.join("checkpoints", "best.pth"),
+             "results.json", "env.json", "config.yaml")
+
+
+def _refuse_previous_run(work_dir: str) -> None:
+    """A work dir with a log or a checkpoint holds a run: training into it
+    again needs ``--resume`` or ``--overwrite`` (a :class:`PathError` says so)."""
+    found = previous_run(work_dir)
+    if [name for name in found if name not in ("config.yaml", "env.json")]:
+        shown = ", ".join(found[:5]) + (", ..." if len(found) > 5 else "")
+        raise PathError(f"work dir {work_dir} already holds a run ({shown}): `--resume auto` continues it, "
+                        "`--overwrite` removes its outputs and starts again at step 0, or choose another "
+                        "--work-dir")
+
+
+def _remove_previous_run(work_dir: str) -> None:
+    """``--overwrite``: remove what :func:`previous_run` finds, nothing else."""
+    import shutil
+
+    found = previous_run(work_dir)
+    for name in found:
+        path = os.path.join(work_dir, name)
+        try:
+            shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise path_error(exc, path, "remove") from exc
+    if found:
+        logger.info("--overwrite: removed the previous run's %s from %s", ", ".join(found), work_dir)
+
+
 def _results_current(work_dir: str, checkpoint: str) -> bool:
     """``results.json`` exists and was written after ``checkpoint``."""
     try:
@@ -167,54 +239,180 @@ def _results_current(work_dir: str, checkpoint: str) -> bool:
         return False
 
 
-def train(cfg: Config, work_dir: str, resume: Optional[str] = None) -> Dict[str, Any]:
-    """Train ``cfg`` into ``work_dir``; returns the final evaluation per dataset."""
+def iterations_for(cfg: Config, loaders: MultiLoader) -> int:
+    """``train.iterations``, or ``train.epochs`` converted once: epochs of the
+    reference dataset (``train.reference``, default the first) times its
+    batches per epoch (what its loader draws: samples // (batch size x
+    processes), the tail dropped as SalsaNext's loader does), rounded up."""
+    t = cfg.train
+    if t.epochs is None:
+        return int(t.iterations)
+    ref = loaders.loaders[loaders.reference]
+    per_epoch = ref.batches_per_epoch()
+    iterations = max(1, math.ceil(round(t.epochs * per_epoch, 6)))
+    if dist.is_main():
+        logger.info("train.epochs %g of %s: %d samples / (batch %d x %d process%s) = %d iterations an epoch "
+                    "-> %d iterations", t.epochs, loaders.reference, len(ref.dataset), ref.batch_size,
+                    ref.world_size, "es" if ref.world_size > 1 else "", per_epoch, iterations)
+    return iterations
+
+
+def continue_schedule(optimizer: torch.optim.Optimizer, scheduler, step: int,
+                      saved_iterations: Optional[int], iterations: int) -> None:
+    """After a resume at ``step``: put the lr of this config's schedule at
+    ``step`` into the optimizer. The restored optimizer holds the lr that
+    the checkpoint's schedule set (0.0 at the end of a finished run); a
+    resume with a longer ``train.iterations`` continues on the poly schedule
+    of the new length (a line says so). Unchanged schedules are left as they are."""
+    lrs = [base * f(step) for base, f in zip(scheduler.base_lrs, scheduler.lr_lambdas)]
+    before = [g["lr"] for g in optimizer.param_groups]
+    if lrs == before:
+        return
+    for group, lr in zip(optimizer.param_groups, lrs):
+        group["lr"] = lr
+    scheduler._last_lr = list(lrs)
+    if not dist.is_main():
+        return
+    if saved_iterations is not None and saved_iterations != iterations:
+        logger.info("resumed at step %d of a %d-iteration run; train.iterations is now %d: the lr follows the "
+                    "poly schedule of %d iterations (lr %.4e at step %d, was %.4e)", step, saved_iterations,
+                    iterations, iterations, lrs[0], step, before[0])
+    else:
+        logger.info("resumed at step %d: this config's lr schedule gives lr %.4e there (the checkpoint's "
+                    "gave %.4e); continuing with it", step, lrs[0], before[0])
+
+
+def _saved_iterations(state: Dict[str, Any]) -> Optional[int]:
+    """The length of the run a checkpoint was written by (older checkpoints: from its config)."""
+    if isinstance(state.get("iterations"), int):
+        return state["iterations"]
+    try:
+        import yaml
+        value = yaml.safe_load(state.get("config") or "")["train"]["iterations"]
+        return int(value) if value is not None else None
+    except Exception:  # an odd checkpoint: no number to report
+        return None
+
+
+def memory_mb(device: torch.device) -> Dict[str, float]:
+    """``max_rss_mb`` (this process's peak resident memory; not its loader
+    workers) and, on CUDA, ``max_cuda_mb`` (peak memory allocated by tensors)."""
+    out: Dict[str, float] = {}
+    try:
+        import resource
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        out["max_rss_mb"] = round(rss / (2 ** 20 if sys.platform == "darwin" else 2 ** 10), 1)
+    except (ImportError, OSError):  # no resource module (Windows)
+        pass
+    if device.type == "cuda":
+        out["max_cuda_mb"] = round(torch.cuda.max_memory_allocated(device) / 2 ** 20, 1)
+    return out
+
+
+class LossWindow:
+    """The steps since the last log line: per-dataset losses, seconds per
+    iteration and seconds waiting for data, averaged when the line is written.
+    Non-finite losses (steps skipped under ``on_nonfinite: skip``) are left out
+    of the mean; a dataset with none finite reads NaN."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.losses: Dict[str, List[float]] = {}
+        self.steps, self.iter_time, self.data_time, self.skipped = 0, 0.0, 0.0, 0
+
+    def add(self, losses: Dict[str, float], iter_time: float, data_time: float, skipped: bool) -> None:
+        for n, v in losses.items():
+            self.losses.setdefault(n, []).append(v)
+        self.steps += 1
+        self.iter_time += iter_time
+        self.data_time += data_time
+        self.skipped += int(skipped)
+
+    def mean_losses(self) -> Dict[str, float]:
+        out = {}
+        for n, values in self.losses.items():
+            finite = [v for v in values if math.isfinite(v)]
+            out[n] = sum(finite) / len(finite) if finite else math.nan
+        return out
+
+
+def format_train_line(record: Dict[str, Any], iterations: int) -> str:
+    """The text log line of a ``train`` record: ``iter 120/2000, epoch 1.52,
+    loss/a 0.4321, ..., lr 9.4702e-03, time 0.212, data_time 0.004, eta 0:06:43,
+    max_mem 812M`` (``key value`` pairs after ``iter``, joined by ``, ``)."""
+    from .progress import format_seconds
+
+    parts = [f"iter {record['step']}/{iterations}", f"epoch {record['epoch']:.2f}"]
+    parts += [f"{k} {v:.4f}" for k, v in record.items() if k.startswith("loss/")]
+    parts += [f"lr {record['lr']:.4e}", f"time {record['iter_time']:.3f}",
+              f"data_time {record['data_time']:.3f}", f"eta {format_seconds(record['eta_s'])}"]
+    if "max_rss_mb" in record:
+        parts.append(f"max_mem {record['max_rss_mb']:.0f}M")
+    if "max_cuda_mb" in record:
+        parts.append(f"cuda_mem {record['max_cuda_mb']:.0f}M")
+    if record.get("skipped_steps"):
+        parts.append(f"skipped {record['skipped_steps']}")
+    return ", ".join(parts)
+
+
+def train(cfg: Config, work_dir: str, resume: Optional[str] = None, overwrite: bool = False) -> Dict[str, Any]:
+    """Train ``cfg`` into ``work_dir``; returns the final evaluation per dataset.
+
+    ``resume``: a checkpoint, or ``"auto"`` (the work dir's latest); ``overwrite``:
+    remove a previous run's outputs from ``work_dir`` and start at step 0. A work
+    dir that holds a run needs one of the two (:class:`PathError` otherwise)."""
+    if resume and overwrite:
+        raise ValueError("train: resume and overwrite exclude each other")
     device = dist.select_device(cfg.train.device)
     autocast = _autocast(cfg.train.amp, device, cfg.source)
     distributed = dist.init_from_env(device)
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    lock = _claim_work_dir(work_dir)  # before any work: a refused run has changed nothing
+    # before any work: a refused run has changed nothing
+    lock = _claim_work_dir(work_dir, refuse_previous_run=not resume and not overwrite)
     try:
-        return _train(cfg, work_dir, resume, device, distributed, autocast)
+        return _train(cfg, work_dir, resume, overwrite, device, distributed, autocast)
     finally:
         if lock is not None:
             lock.release()
 
 
-def _train(cfg: Config, work_dir: str, resume: Optional[str], device: torch.device,
+def _train(cfg: Config, work_dir: str, resume: Optional[str], overwrite: bool, device: torch.device,
            distributed: bool, autocast) -> Dict[str, Any]:
-    t = cfg.train
     main = dist.is_main()
-    if t.threads:
-        torch.set_num_threads(t.threads)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
     # Same seed on every rank for the weights; data order is sharded by rank.
-    seed_everything(t.seed)
+    seed_everything(cfg.train.seed)
     task = get_task(cfg)
     names = cfg.names
 
     # -- data, model, loss, optimiser --------------------------------------------
     train_sets = {n: build_dataset(cfg, n, cfg.data[n].train_split, True, task) for n in names}
     num_classes = {n: num_classes_of(ds) for n, ds in train_sets.items()}
+    loaders = MultiLoader({
+        n: InfiniteLoader(train_sets[n], cfg.data[n].batch_size, seed=cfg.train.seed * 1000 + i,
+                          collate_fn=task.collate_fn(n, cfg.data[n].as_dict()),
+                          num_workers=cfg.data[n].num_workers, rank=dist.rank(),
+                          world_size=dist.world_size(), pin_memory=device.type == "cuda")
+        for i, n in enumerate(names)}, reference=cfg.train.reference)
+    # the run's length in iterations (train.epochs converted once); cfg keeps what was written
+    t = dataclasses.replace(cfg.train, iterations=iterations_for(cfg, loaders))
     model = build_model(cfg, num_classes, task).to(device)
     if cfg.strategy.sync_bn and distributed:
         from .sync_bn import convert_sync_batchnorm
         model = convert_sync_batchnorm(model)
     criteria = build_criteria(cfg, train_sets, task)
-    optimizer, scheduler = build_optimizer(cfg, model)
+    optimizer, scheduler = build_optimizer(dataclasses.replace(cfg, train=t), model)
     if distributed:  # identical weights everywhere, different dropout per rank
         seed_everything(t.seed + 1000 * dist.rank())
-    loaders = MultiLoader({
-        n: InfiniteLoader(train_sets[n], cfg.data[n].batch_size, seed=t.seed * 1000 + i,
-                          collate_fn=task.collate_fn(n, cfg.data[n].as_dict()),
-                          num_workers=cfg.data[n].num_workers, rank=dist.rank(),
-                          world_size=dist.world_size(), pin_memory=device.type == "cuda")
-        for i, n in enumerate(names)}, reference=t.reference)
     weights = {n: cfg.data[n].loss_weight for n in names}
     scaler = torch.amp.GradScaler("cuda") if t.amp == "fp16" else None
 
     # -- resume: every check before anything in the work dir changes --------------
-    start, best = 0, -1.0
+    start, best, best_iter = 0, -1.0, None
     ckpt_dir = os.path.join(work_dir, "checkpoints")
     latest = os.path.join(ckpt_dir, "latest.pth")
     resume_path = _resolve_resume(resume, work_dir)
@@ -231,10 +429,13 @@ def _train(cfg: Config, work_dir: str, resume: Optional[str], device: torch.devi
         loaders.load_state_dict(state["loaders"])
         restore_scaler(scaler, state, resume_path)
         start, best = int(state["step"]), float(state.get("best_miou", -1.0))
+        best_iter = state.get("best_iter")
         if "rng" in state and not distributed:
             set_rng_state(state["rng"])
         if main:
             logger.info("resumed from %s at step %d", resume_path, start)
+        if start < t.iterations:
+            continue_schedule(optimizer, scheduler, start, _saved_iterations(state), t.iterations)
     finished = start >= t.iterations
     if finished:  # nothing left to train: evaluate unless results.json came after the checkpoint
         previous = None
@@ -246,9 +447,6 @@ def _train(cfg: Config, work_dir: str, resume: Optional[str], device: torch.devi
         previous = dist.broadcast_object(previous)
         if previous is not None:
             return previous
-    elif main and os.path.isfile(latest) and not resume_path:
-        logger.warning("%s holds a checkpoint; this run starts again at step 0 and replaces it "
-                       "(--resume auto continues it instead)", work_dir)
 
     ddp_model: nn.Module = model
     if distributed:
@@ -262,29 +460,46 @@ def _train(cfg: Config, work_dir: str, resume: Optional[str], device: torch.devi
     # -- logging (rank 0 only) -----------------------------------------------------
     writer, jlog, bar = None, _JsonLog(None), None
     if main:
-        dump_config(cfg, os.path.join(work_dir, "config.yaml"))
+        if overwrite:
+            _remove_previous_run(work_dir)
+        env = collect_env(device)
+        config_path = os.path.join(work_dir, "config.yaml")
+        dump_config(cfg, config_path)
+        atomic_write_bytes(os.path.join(work_dir, "env.json"), json.dumps(env, indent=2).encode("utf-8"))
         jlog = _JsonLog(os.path.join(work_dir, "log.jsonl"))
+        logger.info("work dir %s (attempt %d)", os.path.abspath(work_dir), jlog.attempt)
+        logger.info("environment: %s", format_env(env))
+        logger.info("config (saved to %s):\n%s", config_path, _config_text(cfg).rstrip())
         jlog.write({"step": start, "type": "start", "resumed_from": resume_path,
-                    "iterations": t.iterations, "world_size": dist.world_size(), "pid": os.getpid(),
-                    "host": socket.gethostname(), "time": time.strftime("%Y-%m-%d %H:%M:%S")})
+                    "iterations": t.iterations, "epochs": cfg.train.epochs, "world_size": dist.world_size(),
+                    "pid": os.getpid(), "host": socket.gethostname(),
+                    "time": time.strftime("%Y-%m-%d %H:%M:%S"), "work_dir": os.path.abspath(work_dir),
+                    "env": env})
+        if not finished:
+            batches = ", ".join(f"{n} (batch {cfg.data[n].batch_size})" for n in names)
+            logger.info("training steps %d-%d of %d: %s; a log line every %d steps, losses averaged over them",
+                        start + 1, t.iterations, t.iterations, batches, t.log_every)
         try:
             from torch.utils.tensorboard import SummaryWriter
             writer = SummaryWriter(os.path.join(work_dir, "tb"))
         except ImportError:  # tensorboard is an install requirement; keep training without it
             logger.warning("tensorboard not installed: no TensorBoard logs")
-        if t.progress and not finished:
+        if t.progress and not finished and interactive():
             from tqdm import tqdm
             bar = tqdm(total=t.iterations, initial=start, dynamic_ncols=True, desc="train")
     val_sets: Dict[str, Any] = {}
 
-    def checkpoint(step: int, *paths: str) -> None:
+    def checkpoint(step: int, *paths: str, quiet: bool = False) -> None:
         save_checkpoint({
             "model": model_state(model), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "step": step, "best_miou": best,
+            "scheduler": scheduler.state_dict(), "step": step, "iterations": t.iterations,
+            "best_miou": best, "best_metric": best, "best_iter": best_iter,
             "loaders": loaders.state_dict(), "rng": rng_state(),
             "scaler": scaler.state_dict() if scaler is not None else {},
             "num_classes": num_classes, "config": _config_text(cfg),
         }, *paths)
+        if not quiet:
+            logger.info("checkpoint of iter %d saved to %s", step, ", ".join(paths))
 
     def evaluate(step: int) -> Dict[str, Any]:
         rng = rng_state()  # evaluating never moves training's random streams
@@ -307,6 +522,9 @@ def _train(cfg: Config, work_dir: str, resume: Optional[str], device: torch.devi
                 except Exception as exc:  # pictures must never stop a run
                     logger.warning("TensorBoard images failed: %s", exc)
             jlog.write(record)
+            if main:
+                logger.info("eval at iter %d: %s", step,
+                            ", ".join(f"{n} mIoU {r['miou']:.4f}" for n, r in results.items()))
             return results
         finally:
             set_rng_state(rng)
@@ -315,7 +533,7 @@ def _train(cfg: Config, work_dir: str, resume: Optional[str], device: torch.devi
         """Evaluate; a failure is logged and raised with the weights of ``step``
         saved in latest.pth; a new best goes to best.pth (and to latest.pth
         when that holds this step, so that a resume knows the best)."""
-        nonlocal best
+        nonlocal best, best_iter
         try:
             results = evaluate(step)
         except Exception as exc:
@@ -329,35 +547,62 @@ def _train(cfg: Config, work_dir: str, resume: Optional[str], device: torch.devi
             raise
         mean_miou = sum(results[n]["miou"] for n in names) / len(names)  # trained datasets
         if main and mean_miou > best:
-            best = mean_miou
-            checkpoint(step, os.path.join(ckpt_dir, "best.pth"), *([latest] if latest_saved else []))
+            best, best_iter = mean_miou, step
+            path = os.path.join(ckpt_dir, "best.pth")
+            checkpoint(step, path, *([latest] if latest_saved else []), quiet=True)
+            logger.info("best mIoU %.4f at iter %d saved to %s%s", best, step, path,
+                        f" (mean over {', '.join(names)})" if len(names) > 1 else "")
         return results
 
     # -- the loop ------------------------------------------------------------------
     results: Dict[str, Any] = {}
+    window = LossWindow()  # the steps since the last log line
+    spent, steps_run = 0.0, 0  # seconds in training steps this attempt (for the eta)
     t0 = time.time()
-    try:
+    with contextlib.ExitStack() as stack:
+        if bar is not None:  # log lines go above the bar, not through it
+            from tqdm.contrib.logging import logging_redirect_tqdm
+            stack.enter_context(logging_redirect_tqdm())
+            stack.callback(bar.close)
+        stack.callback(jlog.close)
+        if writer:
+            stack.callback(writer.close)
+
         for step in range(start, t.iterations):
+            tic = time.perf_counter()
             batches = to_device(loaders.next(active_datasets(cfg, step)), device)
+            data_time = time.perf_counter() - tic
+            lr = optimizer.param_groups[0]["lr"]  # the lr of this step
             losses = train_step(ddp_model, batches, criteria, optimizer, t.mode, weights,
                                 forward=task.forward, autocast=autocast, scaler=scaler,
                                 clip_grad=t.clip_grad, on_nonfinite=t.on_nonfinite, step=step)
             scheduler.step()
             done = step + 1
             skipped = any(math.isnan(v) for v in losses.values())
+            iter_time = time.perf_counter() - tic
+            window.add(losses, iter_time, data_time, skipped)
+            spent, steps_run = spent + iter_time, steps_run + 1
             if skipped and main:
                 logger.warning("step %d skipped: non-finite loss %s", step, losses)
 
             if main and (done % t.log_every == 0 or done == t.iterations or skipped):
-                lr = optimizer.param_groups[0]["lr"]
+                mean = window.mean_losses()
                 record = {"step": done, "type": "train", "lr": lr, "epoch": round(loaders.epoch, 4),
                           "time": round(time.time() - t0, 3), "skipped": skipped}
-                record.update({f"loss/{n}": v for n, v in losses.items()})
+                record.update({f"loss/{n}": v for n, v in mean.items()})
+                record.update({"iter_time": round(window.iter_time / window.steps, 4),
+                               "data_time": round(window.data_time / window.steps, 4),
+                               "eta_s": round(spent / steps_run * (t.iterations - done), 1),
+                               "window": window.steps, "skipped_steps": window.skipped})
+                record.update(memory_mb(device))
                 jlog.write(record)
+                logger.info("%s", format_train_line(record, t.iterations))
                 if writer:
                     writer.add_scalar("train/lr", lr, done)
-                    for n, v in losses.items():
+                    writer.add_scalar("train/iter_time", record["iter_time"], done)
+                    for n, v in mean.items():
                         writer.add_scalar(f"train/loss_{n}", v, done)
+                window.reset()
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix({n: f"{v:.3f}" for n, v in losses.items()})
@@ -389,17 +634,10 @@ def _train(cfg: Config, work_dir: str, resume: Optional[str], device: torch.devi
                     logger.error("DDP replicas hold different weights at the end of training")
         if bar is not None:
             bar.close()
-            bar = None
         if main and results:
             print(summary_table(results))
             atomic_write_bytes(os.path.join(work_dir, "results.json"),
                                json.dumps(results_json(results), indent=2).encode("utf-8"))
-    finally:
-        if bar is not None:
-            bar.close()
-        jlog.close()
-        if writer:
-            writer.close()
     return results_json(results) if results else {}
 
 

@@ -208,7 +208,7 @@ def test_second_run_in_a_work_dir_is_refused_and_a_dead_owner_is_taken_over(tmp_
         owner.wait()
     lock = os.path.join(work, "cdcl.lock")
     assert json.load(open(lock))["pid"] == owner.pid  # the dead owner's lock stays behind
-    code, out = cli(capsys, "train", cfg, "--work-dir", work, "train.iterations=2")
+    code, out = cli(capsys, "train", cfg, "--work-dir", work, "--overwrite", "train.iterations=2")
     assert code == 0, out
     assert not os.path.exists(lock)  # taken over, then released at the end
 
