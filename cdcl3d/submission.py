@@ -7,12 +7,14 @@
   (uint8 challenge ids 1..16; 0 is forbidden in a prediction) and
   ``OUT/<split>/submission.json`` with the challenge's ``meta`` block, where
   ``<split>`` is the devkit's split name (``val``, ``test``, ``mini_val``...).
+  :func:`score_nuscenes` scores a labelled split's predictions with the
+  devkit's own ``LidarSegEval``.
 """
 from __future__ import annotations
 
 import json
 import os
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 import numpy as np
 
@@ -60,3 +62,39 @@ class NuScenesWriter:
         os.makedirs(meta_dir, exist_ok=True)
         with open(os.path.join(meta_dir, "submission.json"), "w", encoding="utf-8") as f:
             json.dump({"meta": self.meta}, f, indent=2)
+
+
+def score_nuscenes(out_dir: str, reader: Any) -> Optional[Dict[str, Any]]:
+    """The devkit's own score of the predictions under ``out_dir`` for
+    ``reader``'s split (``nuscenes.eval.lidarseg.evaluate.LidarSegEval``:
+    ``{"miou", "freq_weighted_iou", "iou_per_class"}`` plus ``"eval_set"``);
+    None for a split without labels (``v1.0-test``)."""
+    from nuscenes.eval.lidarseg.evaluate import LidarSegEval
+
+    from .datasets.nuscenes import _split_name, load_nuscenes
+
+    if not reader.has_labels:
+        return None
+    nusc = reader.nusc if reader.nusc is not None else load_nuscenes(reader.root, reader.version)
+    eval_set = _split_name(reader.version, reader.split)
+    res = LidarSegEval(nusc, out_dir, eval_set=eval_set, verbose=False).evaluate()
+    return dict(res, eval_set=eval_set)
+
+
+def format_nuscenes_score(res: Dict[str, Any]) -> str:
+    """:func:`score_nuscenes`'s result as a console table (the ignored class 0
+    left out, as the devkit's mean leaves it out)."""
+    from nuscenes.eval.lidarseg.utils import LidarsegClassMapper
+
+    ignored = LidarsegClassMapper.get_ignore_class()["name"]
+    per_class = {n: v for n, v in res["iou_per_class"].items() if n != ignored}
+    width = max([len(n) for n in per_class] + [8])
+    lines = [f"nuScenes devkit LidarSegEval on {res['eval_set']}: mIoU over the classes present in ground "
+             "truth or prediction",
+             f"{'class'.ljust(width)} {'IoU':>6}", "-" * (width + 9)]
+    for n, v in per_class.items():
+        absent = v is None or np.isnan(v)
+        lines.append(f"{n.ljust(width)} " + ("   n/a  (absent: not counted)" if absent else f"{100 * v:6.2f}"))
+    lines += ["-" * (width + 9), f"{'mIoU'.ljust(width)} {100 * res['miou']:6.2f}",
+              f"{'fwIoU'.ljust(width)} {100 * res['freq_weighted_iou']:6.2f}"]
+    return "\n".join(lines)

@@ -342,6 +342,9 @@ class LidarTask(Task):
     def miou_mode(self, name, cfg):
         return "present" if cfg.get("type") == "nuscenes" else "all"
 
+    def miou_reference(self, name, cfg):
+        return "nuScenes LidarSegEval" if cfg.get("type") == "nuscenes" else "SemanticKITTI semantic-kitti-api"
+
     # -- predictions in the benchmarks' formats ----------------------------------
     @torch.no_grad()
     def predict(self, model, loader, name, dataset, device, out_dir, cfg):
@@ -363,6 +366,9 @@ class LidarTask(Task):
                 writer.write(ids[i], pred.cpu().numpy())
                 n += 1
         writer.close()
+        if isinstance(writer, NuScenesWriter) and reader.has_labels:  # a labelled split: the devkit's score
+            from .submission import format_nuscenes_score, score_nuscenes
+            print(format_nuscenes_score(score_nuscenes(out_dir, reader)))
         return n
 
     # -- TensorBoard pictures --------------------------------------------------------

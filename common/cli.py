@@ -248,6 +248,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="write the numbers as JSON here")
     p.add_argument("--split", help="split to evaluate (default each dataset's val_split)")
     p.add_argument("--dataset", action="append", help="evaluate only this dataset (repeatable)")
+    p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                   help="also every other evaluation variant's table (points without KNN, range image); "
+                        "debug logging")
     p.set_defaults(func=cmd_eval)
 
     p = add_command(sub, "info", "parameters, FLOPs and dataset-specific modules per dataset",

@@ -17,7 +17,7 @@ from .data import DropSkipped, SkipTracker, bad_sample_action
 from .dataset_specific import route
 from .errors import DataError
 from .progress import track
-from .metrics import ConfusionMatrix
+from .metrics import ConfusionMatrix, miou_definition
 from .task import Task
 
 logger = logging.getLogger(__name__)
@@ -49,9 +49,13 @@ def evaluate_model(cfg: Config, model: nn.Module, device: torch.device,
     """Evaluate every dataset of ``cfg`` on its validation split.
 
     Returns ``{dataset: {"miou", "acc", "fwiou", "iou": {class: iou},
-    "variants": {variant: summary}, "samples": int, "skipped": [id, ...],
-    "tables": str}}``; the headline numbers are those of the task's first
-    evaluation variant. Under ``on_bad_sample: skip`` a bad sample is left
+    "miou_mode", "miou_definition": str, "variant": headline, "variants":
+    {variant: summary}, "class_names": [...], "confusion": [[int]] (the
+    headline's, rows ground truth, columns prediction), "samples": int,
+    "skipped": [id, ...], "table": str, "tables": str}}``; the headline
+    numbers are those of the task's first evaluation variant (LiDAR: points
+    after KNN where it is on; images: dense), ``table`` is its per-class
+    table and ``tables`` adds every other variant's. Under ``on_bad_sample: skip`` a bad sample is left
     out, never replaced, and listed in ``skipped``; ``samples`` counts those
     scored. Nothing left to score is a :class:`DataError`.
     """
@@ -77,30 +81,57 @@ def evaluate_model(cfg: Config, model: nn.Module, device: torch.device,
                             f"(on_bad_sample: skip; see the warnings above)" if skipped else
                             f"{name}: nothing to evaluate (no samples)")
         mode = task.miou_mode(name, cfg.data[name].as_dict())
+        reference = task.miou_reference(name, cfg.data[name].as_dict()) or cfg.data[name].type
         scored = getattr(ds, "scored_classes", None)  # a remapped dataset's reachable classes
         variants = {k: cm.summary(mode, scored) for k, cm in cms.items()}
         headline = next(iter(variants))
         res = dict(variants[headline])
         res["variant"] = headline
         res["variants"] = variants
+        res["miou_definition"] = miou_definition(mode, cms[headline].num_classes, scored, reference)
+        res["class_names"] = list(cms[headline].class_names)
+        res["confusion"] = cms[headline].mat.cpu().tolist()  # [gt][pred] counts of the headline
         res["samples"], res["skipped"] = loader.samples, skipped
-        res["tables"] = "\n\n".join(cm.table(f"[{name}] {k}", mode, scored) for k, cm in cms.items())
+        tables = {k: cm.table(f"[{name}] {k}", mode, scored, reference) for k, cm in cms.items()}
+        res["table"] = tables[headline]
+        res["tables"] = "\n\n".join(tables.values())  # the headline first, then the other variants
         results[name] = res
     if was_training:
         model.train()
     return results
 
 
+# kept out of the JSON: console text
+_TEXT_KEYS = ("table", "tables")
+
+
 def results_json(results: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
-    return {n: {k: v for k, v in r.items() if k != "tables"} for n, r in results.items()}
+    """``results`` without the console tables: what ``results.json`` holds."""
+    return {n: {k: v for k, v in r.items() if k not in _TEXT_KEYS} for n, r in results.items()}
 
 
-def summary_table(results: Dict[str, Dict[str, Any]]) -> str:
-    lines = [f"{'dataset':<16} {'variant':<12} {'mIoU':>7} {'acc':>7} {'fwIoU':>7}"]
+def format_results(results: Dict[str, Dict[str, Any]], verbose: bool = False) -> str:
+    """Each dataset's headline per-class table (``verbose``: every variant's
+    too), then :func:`summary_table`."""
+    tables = [r["tables"] if verbose else r["table"] for r in results.values()]
+    return "\n\n".join(tables + [summary_table(results, verbose)])
+
+
+def summary_table(results: Dict[str, Dict[str, Any]], verbose: bool = False) -> str:
+    """One row per dataset: its headline variant (``verbose``: a row per
+    variant), the mIoU mode and the samples left out as bad data."""
+    lines = [f"{'dataset':<16} {'variant':<12} {'mIoU':>7} {'acc':>7} {'fwIoU':>7}  mIoU over"]
     for name, r in results.items():
-        for var, s in r["variants"].items():
+        headline = r.get("variant") or next(iter(r["variants"]))
+        shown = r["variants"] if verbose else {headline: r["variants"][headline]}
+        for var, s in shown.items():
+            mode = s.get("miou_mode", r.get("miou_mode"))
+            over = {"all": "all classes", "present": "present classes"}.get(mode, mode)
             lines.append(f"{name:<16} {var:<12} {100 * s['miou']:7.2f} {100 * s['acc']:7.2f} "
-                         f"{100 * s['fwiou']:7.2f}")
+                         f"{100 * s['fwiou']:7.2f}  {over}")
+    others = sorted({v for r in results.values() for v in r["variants"] if v != r.get("variant")})
+    if others and not verbose:
+        lines.append(f"(also evaluated: {', '.join(others)}; shown with -v, and in the JSON)")
     for name, r in results.items():
         skipped = r.get("skipped") or []
         if skipped:
@@ -178,8 +209,11 @@ def _config_differences(cfg: Config, state: Dict[str, Any]) -> str:
 
 def evaluate_checkpoint(cfg: Config, checkpoint: str, out: Optional[str] = None,
                         device: Optional[torch.device] = None, split: Optional[str] = None,
-                        verbose: bool = True, only: Optional[List[str]] = None) -> Dict[str, Any]:
-    """``cdcl eval``: tables on the console and (optionally) a JSON file."""
+                        verbose: bool = False, only: Optional[List[str]] = None) -> Dict[str, Any]:
+    """``cdcl eval``: each dataset's headline table on the console (``verbose``:
+    every evaluation variant's) and, with ``out``, the JSON there and beside it
+    each dataset's confusion matrix (``.npy``, ``.png``) and IoU chart
+    (:func:`common.report.save_eval_artifacts`)."""
     from .dist import select_device
 
     from .config import ConfigError
@@ -195,13 +229,12 @@ def evaluate_checkpoint(cfg: Config, checkpoint: str, out: Optional[str] = None,
     task = get_task(cfg)
     model = load_model_for_eval(cfg, checkpoint, device, task)
     results = evaluate_model(cfg, model, device, task=task, split=split, only=only)
-    if verbose:
-        for r in results.values():
-            print(r["tables"], end="\n\n")
-        print(summary_table(results))
+    print(format_results(results, verbose))
     data = results_json(results)
     if out:
+        from .report import save_eval_artifacts
         from .utils import atomic_write_bytes
         os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
         atomic_write_bytes(out, json.dumps(data, indent=2).encode("utf-8"))
+        save_eval_artifacts(data, os.path.dirname(os.path.abspath(out)), os.path.splitext(os.path.basename(out))[0])
     return data

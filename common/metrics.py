@@ -105,21 +105,49 @@ class ConfusionMatrix:
                     for name, v in zip(self.class_names, iou)},
         }
 
-    def table(self, title: str = "", mode: str = "all", classes: Optional[Sequence[int]] = None) -> str:
-        """A console table: one row per class, then mIoU / fwIoU / accuracy."""
+    def table(self, title: str = "", mode: str = "all", classes: Optional[Sequence[int]] = None,
+              reference: Optional[str] = None) -> str:
+        """A console table: a header ``title: <mIoU definition> (reference)``,
+        one row per class, then mIoU / fwIoU / accuracy. A class absent from
+        ground truth and prediction says how it counts in the mean (``0.00
+        (absent: counts 0)`` under ``"all"``, ``n/a (absent: not counted)``
+        under ``"present"``)."""
         iou = self.iou()
         scored = set(range(self.num_classes) if classes is None else classes)
         width = max([len(n) for n in self.class_names] + [8])
-        lines = [title] if title else []
-        lines.append(f"{'class'.ljust(width)}   IoU")
+        definition = miou_definition(mode, self.num_classes, classes, reference)
+        lines = [f"{title}: {definition}" if title else definition]
+        lines.append(f"{'class'.ljust(width)} {'IoU':>6}")
         lines.append("-" * (width + 9))
         for c, (name, v) in enumerate(zip(self.class_names, iou)):
-            val = "   n/a" if torch.isnan(v) else f"{100 * float(v):6.2f}"
-            lines.append(f"{name.ljust(width)} {val}" + ("" if c in scored else "  (not scored)"))
+            if c not in scored:
+                val, note = ("   n/a" if torch.isnan(v) else f"{100 * float(v):6.2f}"), "  (not scored)"
+            elif torch.isnan(v):
+                val, note = ("  0.00", "  (absent: counts 0)") if mode == "all" else \
+                    ("   n/a", "  (absent: not counted)")
+            else:
+                val, note = f"{100 * float(v):6.2f}", ""
+            lines.append(f"{name.ljust(width)} {val}{note}")
         lines.append("-" * (width + 9))
-        over = "" if classes is None else f", over the {len(scored)} of {self.num_classes} classes " \
-                                          "the label map reaches"
-        lines.append(f"{'mIoU'.ljust(width)} {100 * self.miou(mode, classes):6.2f}  ({mode}{over})")
+        lines.append(f"{'mIoU'.ljust(width)} {100 * self.miou(mode, classes):6.2f}")
         lines.append(f"{'fwIoU'.ljust(width)} {100 * self.fwiou():6.2f}")
         lines.append(f"{'accuracy'.ljust(width)} {100 * self.accuracy():6.2f}")
         return "\n".join(lines)
+
+
+def miou_definition(mode: str, num_classes: int, classes: Optional[Sequence[int]] = None,
+                    reference: Optional[str] = None) -> str:
+    """What the mean runs over, in words: ``mIoU over all 19 classes, absent
+    classes count 0 (SemanticKITTI)`` for ``"all"``, ``mIoU over the classes
+    present in ground truth or prediction (nuScenes LidarSegEval)`` for
+    ``"present"``; ``classes`` (a remapped dataset's reachable ones) and
+    ``reference`` (the official evaluator it follows) are named when given."""
+    subset = None if classes is None else f"the {len(classes)} of {num_classes} classes the label map reaches"
+    if mode == "all":
+        text = f"mIoU over {subset or f'all {num_classes} classes'}, absent classes count 0"
+    elif mode == "present":
+        text = "mIoU over the classes present in ground truth or prediction" + \
+            (f", of {subset}" if subset else "")
+    else:
+        text = f"mIoU ({mode})" + (f" over {subset}" if subset else "")
+    return f"{text} ({reference})" if reference else text

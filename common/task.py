@@ -133,3 +133,8 @@ class Task:
         """``"all"`` (SemanticKITTI: every class, absent ones 0) or ``"present"``
         (nuScenes, cityscapesscripts: classes with a non-empty union only)."""
         return "all"
+
+    def miou_reference(self, name: str, cfg: Dict[str, Any]) -> Optional[str]:
+        """The official evaluator whose mIoU :meth:`miou_mode` follows, named in
+        table headers (``"nuScenes LidarSegEval"``); None: the dataset type."""
+        return None

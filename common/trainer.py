@@ -67,6 +67,7 @@ from .engine import train_step
 from .environment import collect_env, format_env
 from .errors import PathError
 from .evaluation import evaluate_model, results_json, summary_table
+from .report import save_eval_artifacts
 from .progress import interactive
 from .utils import atomic_write_bytes, path_error, seed_everything, to_device
 from .workdir import WorkDirLock, claim_work_dir
@@ -638,6 +639,7 @@ def _train(cfg: Config, work_dir: str, resume: Optional[str], overwrite: bool, d
             print(summary_table(results))
             atomic_write_bytes(os.path.join(work_dir, "results.json"),
                                json.dumps(results_json(results), indent=2).encode("utf-8"))
+            save_eval_artifacts(results, work_dir)  # confusion matrices (.npy, .png) and IoU charts
     return results_json(results) if results else {}
 
 
