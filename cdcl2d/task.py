@@ -381,6 +381,14 @@ class ImageTask(Task):
         finally:
             model.train(was_training)
 
+    # -- pictures -----------------------------------------------------------------
+    def show(self, cfg, name: str, split: str, index: int, checkpoint: Optional[str] = None,
+             color: Optional[str] = None, png: Optional[str] = None, **options: Any) -> Optional[str]:
+        """image | ground truth | prediction (or error) as one PNG
+        (:func:`cdcl2d.visualize.show_sample`)."""
+        from .visualize import show_sample
+        return show_sample(self, cfg, name, split, index, checkpoint, color, png, **options)
+
     # -- demo ---------------------------------------------------------------------
     def demo(self, args: argparse.Namespace) -> int:
         """Generate synthetic images if missing, train single-dataset Cityscapes

@@ -399,6 +399,13 @@ class LidarTask(Task):
                             item["points_labels"], plain[0].cpu(), palette, ds.class_names)
         m.train(was)
 
+    # -- pictures --------------------------------------------------------------------
+    def show(self, cfg, name, split, index, checkpoint=None, color=None, png=None, **options):
+        """A scan with labels / prediction / error rendered to PNG or a window
+        (:func:`cdcl3d.vis.cli.show_sample`)."""
+        from .vis.cli import show_sample
+        return show_sample(self, cfg, name, split, index, checkpoint, color, png, **options)
+
     # -- demo ------------------------------------------------------------------------
     def demo(self, args) -> int:
         from .demo import run_demo

@@ -42,3 +42,8 @@ class PathError(UserError, OSError):
 class MissingDependencyError(UserError, ImportError):
     """A library a command needs is not installed; the message names it and
     says how to install it."""
+
+
+class ShowError(UserError, ValueError):
+    """A ``cdcl show`` option that does not fit (a dataset, index or colour
+    mode the scan, image or config does not have)."""

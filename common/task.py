@@ -129,6 +129,18 @@ class Task:
             cm.update(logits.argmax(1), batch["labels"])
         return {"dense": cm}
 
+    # -- pictures ---------------------------------------------------------------
+    def show(self, cfg, name: str, split: str, index: int, checkpoint: Optional[str] = None,
+             color: Optional[str] = None, png: Optional[str] = None, **options: Any) -> Optional[str]:
+        """``cdcl show CONFIG``: draw sample ``index`` of dataset ``name``
+        (split ``split``) with its labels and, given a ``checkpoint``, the
+        prediction, in colour mode ``color`` (None: the task's default); write
+        it to ``png`` (None: a default name) and return the path, or None
+        where a window was shown instead. ``options`` are the other ``cdcl
+        show`` options (picture size, camera ...); a task reads those it knows."""
+        from .errors import ShowError
+        raise ShowError(f"the {self.name!r} task draws no pictures")
+
     def miou_mode(self, name: str, cfg: Dict[str, Any]) -> str:
         """``"all"`` (SemanticKITTI: every class, absent ones 0) or ``"present"``
         (nuScenes, cityscapesscripts: classes with a non-empty union only)."""

@@ -1,9 +1,13 @@
-"""``cdcl show``: look at a scan, its labels and a prediction.
+"""``cdcl show``: look at a scan (or an image), its labels and a prediction.
 
     cdcl show SCAN [--labels L] [--pred P] [--color MODE] [--png OUT]
-    cdcl show CONFIG.yaml --index I [--dataset NAME] [--split S] [--checkpoint CKPT] [--png OUT]
-                   [--width W --height H] [--camera bev|chase]
+    cdcl show CONFIG.yaml [key=value ...] --index I [--dataset NAME] [--split S] [--checkpoint CKPT]
+                   [--png OUT] [--width W --height H] [--camera bev|chase]
                    [--dataset semantickitti|nuscenes] [--range-png OUT] [--window]
+
+With a config the config's task draws the sample (:meth:`common.task.Task.show`):
+a LiDAR scan here (:func:`show_sample`), an image as image | ground truth |
+prediction (or error) in :mod:`cdcl2d.visualize`.
 
 Files and the ids they hold:
 
@@ -33,7 +37,7 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from common.errors import DataError, UserError
+from common.errors import DataError, ShowError, UserError
 
 from .colors import (CORRECT_COLOR, IGNORE_INDEX, IGNORED_COLOR, MODES, WRONG_COLOR, class_names,
                      colorize, nuscenes_fine_to_train_lut, point_ranges, present_classes, train_palette)
@@ -41,11 +45,6 @@ from .render import CAMERAS, make_camera, render_any, save_png
 from .viewer import ScanData, has_display, show_window
 
 DATASETS = ("semantickitti", "nuscenes")
-
-
-class ShowError(UserError, ValueError):
-    """A ``cdcl show`` option that does not fit (a dataset, index or colour
-    mode the scan or config does not have)."""
 
 
 # -- reading files ----------------------------------------------------------------
@@ -230,8 +229,10 @@ def show_scan(points: np.ndarray, labels: Optional[np.ndarray] = None, preds: Op
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``cdcl show``."""
-    parser.add_argument("scan", help="SemanticKITTI .bin, nuScenes .pcd.bin, or a dataset config (.yaml) "
-                        "with --index")
+    parser.add_argument("scan", help="SemanticKITTI .bin, nuScenes .pcd.bin, or a config (.yaml: LiDAR or "
+                        "image task) with --index")
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="with a config: dotted overrides, e.g. data.nuscenes.root=/data/nuscenes")
     parser.add_argument("--index", type=int, default=0, help="with a config: the sample index")
     parser.add_argument("--split", default=None, help="with a config: split (default: the dataset's val_split)")
     parser.add_argument("--checkpoint", help="with a config: predict the scan with this checkpoint")
@@ -239,12 +240,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pred", help="prediction file in the labels' format (KITTI: raw-id .label or a "
                         "folder of them; nuScenes: uint8 challenge ids 1..16)")
     parser.add_argument("--color", choices=MODES, default=None,
-                        help="colour mode (default: label, else pred, else intensity)")
-    parser.add_argument("--png", help="render offscreen to this PNG")
-    parser.add_argument("--width", type=int, default=800)
-    parser.add_argument("--height", type=int, default=600)
-    parser.add_argument("--camera", choices=CAMERAS, default="bev")
-    parser.add_argument("--point-size", type=float, default=2.0)
+                        help="colour mode (default: label, else pred, else intensity; an image: label, "
+                        "pred with --checkpoint, or error)")
+    parser.add_argument("--png", help="write the picture to this PNG (a scan: rendered offscreen)")
+    parser.add_argument("--width", type=int, default=800, help="scan render width in pixels (default: %(default)s)")
+    parser.add_argument("--height", type=int, default=600, help="scan render height in pixels (default: %(default)s)")
+    parser.add_argument("--camera", choices=CAMERAS, default="bev",
+                        help="bev: from above, fitted to the scan; chase: from behind the sensor (default: %(default)s)")
+    parser.add_argument("--point-size", type=float, default=2.0,
+                        help="point side in pixels (default: %(default)s)")
     parser.add_argument("--dataset", default=None,
                         help="file mode: semantickitti|nuscenes (default: nuscenes for *.pcd.bin); "
                         "config mode: the dataset name under data: (default: the first)")
@@ -268,50 +272,73 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _from_config(args: argparse.Namespace) -> int:
-    """``cdcl show CONFIG --index I [--dataset NAME] [--checkpoint CKPT]``."""
-    import torch
-
-    from common.build import build_dataset, get_task
+    """``cdcl show CONFIG [key=value ...] --index I [--dataset NAME] [--checkpoint CKPT]``:
+    the config's task draws the sample (:meth:`common.task.Task.show`), a LiDAR
+    scan here (:func:`show_sample`), an image in ``cdcl2d``."""
+    from common.build import get_task
     from common.config import load_config
-    from common.dataset_specific import route
 
-    cfg = load_config(args.scan)
+    cfg = load_config(args.scan, getattr(args, "overrides", None) or [])
     name = args.dataset or cfg.names[0]
     if name not in cfg.data:
         raise ShowError(f"--dataset {name!r}: the config {args.scan} has {list(cfg.data)}")
-    task = get_task(cfg)
     split = args.split or cfg.data[name].val_split
+    png = get_task(cfg).show(cfg, name, split, args.index, checkpoint=args.checkpoint, color=args.color,
+                             png=args.png, width=args.width, height=args.height, camera=args.camera,
+                             point_size=args.point_size, range_png=args.range_png, backend=args.backend,
+                             window=bool(args.window))
+    for path in (png, args.range_png):
+        if path:
+            print(f"wrote {path}")
+    return 0
+
+
+def show_sample(task, cfg, name: str, split: str, index: int, checkpoint: Optional[str] = None,
+                color: Optional[str] = None, png: Optional[str] = None, width: int = 800, height: int = 600,
+                camera: str = "bev", point_size: float = 2.0, range_png: Optional[str] = None,
+                backend: str = "subprocess", window: bool = False, **_: object) -> Optional[str]:
+    """:meth:`cdcl3d.task.LidarTask.show`: scan ``index`` of ``name``/``split``
+    with its labels and, with ``checkpoint``, the prediction (KNN on the points
+    where the config turns it on), rendered by :func:`show_scan` to ``png``
+    (default ``<name>_<index>_<mode>.png``) or a window. Returns the PNG path
+    (None for a window)."""
+    import torch
+
+    from common.build import build_dataset
+    from common.dataset_specific import route
+
     ds = build_dataset(cfg, name, split, False, task)
-    if not 0 <= args.index < len(ds):
-        raise ShowError(f"--index {args.index} outside 0..{len(ds) - 1} ({name}/{split})")
+    if not 0 <= index < len(ds):
+        raise ShowError(f"--index {index} outside 0..{len(ds) - 1} ({name}/{split})")
     reader = getattr(ds, "base", ds)
-    raw = reader[args.index]
+    raw = reader[index]
     labels = raw.get("labels")
     preds = None
-    if args.checkpoint:
+    if checkpoint:
         from common.evaluation import eval_options, load_model_for_eval
 
-        model = load_model_for_eval(cfg, args.checkpoint, torch.device("cpu"))
-        batch = task.collate_fn(name, cfg.data[name].as_dict())([ds[args.index]])
+        model = load_model_for_eval(cfg, checkpoint, torch.device("cpu"))
+        batch = task.collate_fn(name, cfg.data[name].as_dict())([ds[index]])
         knn = task._knn(ds, eval_options(cfg, name), torch.device("cpu"))
         with torch.no_grad(), route(model, cfg.branch_of(name)):
             plain, with_knn, _ = task.predict_points(model, batch, {}, knn)
         preds = (with_knn or plain)[0].numpy()
     dtype = cfg.data[name].type
-    scan = ScanData(points=raw["points"], labels=labels, preds=preds, name=str(raw.get("id", args.index)))
-    mode = args.color or scan.modes()[0]
-    png = args.png or f"{name}_{args.index}_{mode}.png"
-    show_scan(scan.points, labels, preds, dataset=dtype, mode=mode, png=png, width=args.width,
-              height=args.height, camera=args.camera, point_size=args.point_size,
-              range_png=args.range_png, backend=args.backend, title=f"{name} {scan.name}",
-              window=bool(args.window))
-    print(f"wrote {png}")
-    return 0
+    scan = ScanData(points=raw["points"], labels=labels, preds=preds, name=str(raw.get("id", index)))
+    mode = color or scan.modes()[0]
+    png = None if window else (png or f"{name}_{index}_{mode}.png")
+    show_scan(scan.points, labels, preds, dataset=dtype, mode=mode, png=png, width=width, height=height,
+              camera=camera, point_size=point_size, range_png=range_png, backend=backend,
+              title=f"{name} {split} scan {scan.name}", window=bool(window))
+    return png
 
 
 def _run(args: argparse.Namespace) -> int:
     if args.scan.endswith((".yaml", ".yml")):
         return _from_config(args)
+    if getattr(args, "overrides", None):
+        raise ShowError(f"key=value overrides ({' '.join(args.overrides)}) apply to a config, not to the scan "
+                        f"file {args.scan}")
     if args.dataset is not None and args.dataset not in DATASETS:
         raise ShowError(f"--dataset must be one of {DATASETS} for a scan file")
     scan, dataset = load_scan_files(args.scan, args.labels, args.pred, args.dataset)
