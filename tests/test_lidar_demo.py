@@ -12,7 +12,7 @@ def test_demo_runs_every_method_per_seed_and_writes_results(tmp_path, monkeypatc
 
     calls = []
 
-    def fake_train(cfg, work_dir, resume=None):
+    def fake_train(cfg, work_dir, resume=None, overwrite=False):
         calls.append((cfg.strategy.name, tuple(cfg.names), cfg.train.seed, cfg.train.iterations))
         base = 0.1 + 0.01 * cfg.train.seed + (0.05 if cfg.strategy.name == "cdcl" else 0.0)
         return {n: {"miou": base} for n in cfg.names}
