@@ -13,10 +13,13 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from typing import Any, Dict, Optional
 
 import numpy as np
+
+logger = logging.getLogger(__name__)
 
 
 class SemanticKittiWriter:
@@ -79,6 +82,22 @@ def score_nuscenes(out_dir: str, reader: Any) -> Optional[Dict[str, Any]]:
     eval_set = _split_name(reader.version, reader.split)
     res = LidarSegEval(nusc, out_dir, eval_set=eval_set, verbose=False).evaluate()
     return dict(res, eval_set=eval_set)
+
+
+def report_nuscenes_score(out_dir: str, reader: Any) -> Optional[Dict[str, Any]]:
+    """Print :func:`score_nuscenes`'s table and return the score (None for a
+    split without labels). What the devkit refuses to score (an empty scan:
+    its ``load_bin_file`` asserts on an empty file) is a warning: the
+    predictions written stand."""
+    try:
+        res = score_nuscenes(out_dir, reader)
+    except AssertionError as exc:
+        logger.warning("nuScenes devkit LidarSegEval did not score the predictions under %s: %s",
+                       out_dir, exc)
+        return None
+    if res is not None:
+        print(format_nuscenes_score(res))
+    return res
 
 
 def format_nuscenes_score(res: Dict[str, Any]) -> str:

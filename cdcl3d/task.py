@@ -367,8 +367,8 @@ class LidarTask(Task):
                 n += 1
         writer.close()
         if isinstance(writer, NuScenesWriter) and reader.has_labels:  # a labelled split: the devkit's score
-            from .submission import format_nuscenes_score, score_nuscenes
-            print(format_nuscenes_score(score_nuscenes(out_dir, reader)))
+            from .submission import report_nuscenes_score
+            report_nuscenes_score(out_dir, reader)
         return n
 
     # -- TensorBoard pictures --------------------------------------------------------

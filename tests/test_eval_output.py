@@ -188,3 +188,26 @@ def test_predict_nuscenes_val_prints_the_devkit_miou_equal_to_cdcls_own(lidar, c
         theirs = devkit["iou_per_class"][name]
         assert (v is None and np.isnan(theirs)) or v == pytest.approx(theirs, abs=1e-6), name
 
+
+
+def test_predict_nuscenes_val_the_devkit_cannot_score_warns_and_keeps_the_predictions(lidar, capsys, tmp_path,
+                                                                                      caplog):
+    """The devkit asserts on an empty label file (a scan without points): the
+    predictions are written all the same and a warning says why no score."""
+    import shutil
+
+    from common.cli import main
+    from cdcl3d.datasets.nuscenes import NuScenesLidarSeg
+
+    root = tmp_path / "nuscenes"
+    shutil.copytree(lidar["cfg"].data["nuscenes"].root, root)
+    val = NuScenesLidarSeg(str(root), version="v1.0-mini", split="val")
+    open(val.samples[0]["points"], "wb").close()
+    open(val.samples[0]["labels"], "wb").close()
+    capsys.readouterr()
+    pred = tmp_path / "nusc"
+    assert main(["predict", lidar["config"], "--checkpoint", lidar["ckpt"], "--dataset", "nuscenes",
+                 "--split", "val", "--out", str(pred), f"data.nuscenes.root={root}"]) == 0
+    assert "LidarSegEval on" not in capsys.readouterr().out
+    assert "did not score" in caplog.text and "is empty" in caplog.text
+    assert len(list((pred / "lidarseg" / "mini_val").glob("*_lidarseg.bin"))) == len(val.samples)
