@@ -40,8 +40,9 @@ import numpy as np
 from common.errors import DataError, ShowError, UserError
 
 from .colors import (CORRECT_COLOR, IGNORE_INDEX, IGNORED_COLOR, MODES, WRONG_COLOR, class_names,
-                     colorize, nuscenes_fine_to_train_lut, point_ranges, present_classes, train_palette)
-from .render import CAMERAS, make_camera, render_any, save_png
+                     colorize, display_palette, nuscenes_fine_to_train_lut, point_ranges, present_classes,
+                     train_palette)
+from .render import CAMERAS, fit_camera, render_any, save_png
 from .viewer import ScanData, has_display, show_window
 
 DATASETS = ("semantickitti", "nuscenes")
@@ -139,12 +140,12 @@ def sibling_scans(scan: str, dataset: str) -> List[str]:
 # -- the core --------------------------------------------------------------------
 
 def _legend_for(mode: str, points: np.ndarray, labels, preds, palette, names, ignore_index):
-    from .legend import legend_entries
+    from .legend import class_legend_entries
 
     if mode in ("label", "pred"):
         ids = present_classes(labels if mode == "label" else preds, num_classes=len(palette),
                               ignore_index=ignore_index)
-        return legend_entries(ids, names, palette), "classes"
+        return class_legend_entries(names, palette, ids), f"classes ({len(ids)} of {len(names)} present: *)"
     if mode == "error":
         lab, prd = np.asarray(labels), np.asarray(preds)
         valid = lab != ignore_index
@@ -186,10 +187,16 @@ def show_scan(points: np.ndarray, labels: Optional[np.ndarray] = None, preds: Op
     """Show one in-memory scan: ``points`` (N, 4+), ``labels``/``preds`` train ids.
 
     With ``window`` an Open3D window opens (returns None). Otherwise the scan
-    is rendered offscreen with a legend (and a title) and returned as
-    ``(H, W', 3) uint8``, written to ``png`` when given; ``range_png`` also
-    writes the range-image picture. ``mode`` defaults to label, else pred,
-    else intensity.
+    is rendered offscreen and returned as ``(H, W', 3) uint8``, written to
+    ``png`` when given: the camera fitted to the cloud (every point inside,
+    :func:`~cdcl3d.vis.render.fit_camera`), a title (``title``: dataset and
+    scan id), a metric scale bar (top-down view) and an arrow along the
+    sensor's forward axis below, and on the right a legend of every class
+    with the present ones marked (label / pred) or the error counts. Class
+    colours darker than L* 40 are lifted for the black background
+    (:func:`~cdcl3d.vis.colors.display_palette`). ``range_png`` also writes
+    the range-image picture. ``mode`` defaults to label, else pred, else
+    intensity.
     """
     points = np.asarray(points)
     if points.ndim != 2 or points.shape[1] < 3:
@@ -213,16 +220,45 @@ def show_scan(points: np.ndarray, labels: Optional[np.ndarray] = None, preds: Op
         return None
     from .legend import add_legend, draw_caption
 
-    colors = colorize(mode, points, labels, preds, palette, ignore_index)
-    cam = make_camera(camera, width, height, forward="y" if dataset == "nuscenes" else "x")
+    shown = display_palette(palette)  # dark classes lifted: the background is black
+    colors = colorize(mode, points, labels, preds, shown, ignore_index)
+    forward = "y" if dataset == "nuscenes" else "x"
+    cam = fit_camera(camera, points, width, height, forward=forward, pad=PICTURE_PAD)
     img = render_any(points, colors, backend=backend, width=width, height=height, camera=cam,
                      point_size=point_size)
-    img = draw_caption(img, f"{title + ': ' if title else ''}{mode} ({camera}, {len(points)} points)")
-    entries, legend_title = _legend_for(mode, points, labels, preds, palette, names, ignore_index)
+    img = draw_caption(img, f"{title or dataset + ' scan'}: {mode}, {len(points)} points ({camera})")
+    img = _draw_scale_and_forward(img, cam, forward)
+    entries, legend_title = _legend_for(mode, points, labels, preds, shown, names, ignore_index)
     img = add_legend(img, entries, title=legend_title)
     if png:
         save_png(img, png)
     return img
+
+
+#: picture border kept free of points (top, right, bottom, left pixels): the
+#: title above, the scale bar and the forward arrow below
+PICTURE_PAD = (28, 8, 36, 8)
+
+
+def _draw_scale_and_forward(img: np.ndarray, cam, forward: str) -> np.ndarray:
+    """The bottom strip: a metric scale bar (top-down views) and an arrow
+    along the sensor's forward axis as the picture shows it."""
+    from .legend import draw_arrow, draw_scale_bar
+    from .render import metres_per_pixel, project_points_to_image
+
+    h, w = img.shape[:2]
+    mpp = metres_per_pixel(cam, w)
+    if mpp is not None:
+        img = draw_scale_bar(img, mpp, (12, h - 12))
+    mid = np.asarray(cam.center, dtype=np.float64)  # on the picture's axis: no perspective skew
+    axis = np.eye(3)[0 if forward == "x" else 1]
+    u, v, _ = project_points_to_image(np.stack([mid, mid + axis]), cam, w, h)
+    direction = (u[1] - u[0], v[1] - v[0])
+    if not np.all(np.isfinite(direction)) or np.hypot(*direction) < 1e-9:
+        direction = (0.0, -1.0)
+    vertical = abs(direction[1]) > abs(direction[0])
+    start = (w - 150, h - 6) if vertical else (w - 190, h - 16)
+    return draw_arrow(img, start, direction, length=24 if vertical else 30, label=f"forward (+{forward})")
 
 
 # -- command line ----------------------------------------------------------------
@@ -327,9 +363,10 @@ def show_sample(task, cfg, name: str, split: str, index: int, checkpoint: Option
     scan = ScanData(points=raw["points"], labels=labels, preds=preds, name=str(raw.get("id", index)))
     mode = color or scan.modes()[0]
     png = None if window else (png or f"{name}_{index}_{mode}.png")
+    what = name if name == dtype else f"{name} ({dtype})"
     show_scan(scan.points, labels, preds, dataset=dtype, mode=mode, png=png, width=width, height=height,
               camera=camera, point_size=point_size, range_png=range_png, backend=backend,
-              title=f"{name} {split} scan {scan.name}", window=bool(window))
+              title=f"{what} {split} scan {scan.name}", window=bool(window))
     return png
 
 
@@ -365,7 +402,7 @@ def _run(args: argparse.Namespace) -> int:
     png = args.png or f"{scan.name.split('.')[0]}_{mode}.png"
     show_scan(scan.points, scan.labels, scan.preds, dataset=dataset, mode=mode, png=png,
               width=args.width, height=args.height, camera=args.camera, point_size=args.point_size,
-              range_png=args.range_png, backend=args.backend, title=scan.name)
+              range_png=args.range_png, backend=args.backend, title=f"{dataset} {scan.name}")
     print(f"wrote {png}")
     if args.range_png:
         print(f"wrote {args.range_png}")

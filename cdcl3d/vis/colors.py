@@ -211,6 +211,45 @@ def class_names(dataset: str) -> List[str]:
     raise ValueError(f"unknown dataset {dataset!r}; valid: {list(DATASETS)}")
 
 
+# -- display ---------------------------------------------------------------------
+
+#: lowest CIE L* (0 black .. 100 white) of a class colour drawn on the black background
+DISPLAY_MIN_LIGHTNESS = 40.0
+
+
+def lightness(rgb: np.ndarray) -> np.ndarray:
+    """CIE L* (0..100) of ``(..., 3)`` sRGB uint8 colours."""
+    c = np.asarray(rgb, dtype=np.float64) / 255.0
+    lin = np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
+    y = lin @ np.array([0.2126, 0.7152, 0.0722])
+    return np.where(y > (6 / 29) ** 3, 116.0 * np.cbrt(y) - 16.0, y * (29 / 3) ** 3)
+
+
+def display_palette(palette: np.ndarray, min_lightness: float = DISPLAY_MIN_LIGHTNESS) -> np.ndarray:
+    """A copy of ``palette`` for drawing on a dark background: a colour darker
+    than ``min_lightness`` (CIE L*) is lifted to it with its hue and
+    saturation kept (HLS lightness raised), so SemanticKITTI's sidewalk
+    (75, 0, 75) or nuScenes' pedestrian (0, 0, 230) stay visible on black.
+    Only for pictures: the official palettes (:func:`train_palette`) are
+    what files and the range-image pictures use."""
+    import colorsys
+
+    pal = np.array(palette, dtype=np.uint8, copy=True)
+    for i, rgb in enumerate(pal):
+        if lightness(rgb) >= min_lightness:
+            continue
+        h, l, s = colorsys.rgb_to_hls(*(rgb / 255.0))
+        lo, hi = l, 1.0
+        for _ in range(30):  # bisect the HLS lightness that reaches min_lightness
+            mid = (lo + hi) / 2.0
+            if lightness(np.rint(np.array(colorsys.hls_to_rgb(h, mid, s)) * 255.0)) < min_lightness:
+                lo = mid
+            else:
+                hi = mid
+        pal[i] = np.rint(np.array(colorsys.hls_to_rgb(h, hi, s)) * 255.0).astype(np.uint8)
+    return pal
+
+
 # -- colour modes ----------------------------------------------------------------
 
 def label_colors(train_ids: np.ndarray, palette: np.ndarray,

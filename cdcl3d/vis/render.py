@@ -22,6 +22,9 @@ Cameras (:func:`make_camera`):
   and 12 m above the sensor, looking ahead along ``+x`` (``forward='y'`` for
   nuScenes, whose LIDAR_TOP frame has ``+y`` forward).
 
+:func:`fit_camera` fits either to a cloud's extent (``cdcl show``): every
+point inside the picture, room left for a title and a scale bar.
+
 :func:`project_points_to_image` tells where each point lands in the picture.
 """
 from __future__ import annotations
@@ -92,6 +95,66 @@ def make_camera(camera: Union[str, Camera], width: int, height: int, view_m: flo
         return Camera("perspective", eye=eye, center=center,
                       up=(0.0, 0.0, 1.0), near=0.5, far=500.0, fov_deg=60.0)
     raise ValueError(f"unknown camera {camera!r}; valid: {list(CAMERAS)}")
+
+
+def fit_camera(camera: Union[str, Camera], points: np.ndarray, width: int, height: int, forward: str = "x",
+               pad: Tuple[int, int, int, int] = (0, 0, 0, 0), margin: float = 0.03) -> Camera:
+    """The named camera fitted to the cloud's extent: every point of ``points``
+    lands inside the picture minus ``pad`` (top, right, bottom, left pixels,
+    room for a title and a scale bar) with a ``margin`` (fraction) around it.
+
+    ``bev``: orthographic, straight down, ``+x`` right and ``+y`` up as in
+    :func:`make_camera`, its centre and scale chosen so the x/y bounding box
+    fills the free area (square pixels). ``chase``: the viewing direction of
+    :func:`make_camera`'s chase camera (behind and above, along ``forward``),
+    moved back along it until every point is in the view. A
+    :class:`Camera` passes through; an empty cloud gets :func:`make_camera`'s view.
+    """
+    if isinstance(camera, Camera):
+        return camera
+    xyz = np.asarray(points, dtype=np.float64)[:, :3] if len(points) else np.zeros((0, 3))
+    xyz = xyz[np.isfinite(xyz).all(axis=1)]
+    base = make_camera(camera, width, height, forward=forward)
+    if not len(xyz):
+        return base
+    top, right, bottom, left = (int(v) for v in pad)
+    free_w, free_h = max(width - left - right, 1), max(height - top - bottom, 1)
+    lo, hi = xyz.min(axis=0), xyz.max(axis=0)
+    mid = (lo + hi) / 2.0
+    if camera == "bev":
+        ext = np.maximum(hi[:2] - lo[:2], 1.0) * (1.0 + 2.0 * margin)
+        mpp = max(ext[0] / free_w, ext[1] / free_h)  # metres per pixel
+        # shift so that the box's centre lands on the free area's centre
+        cx = mid[0] - (left + free_w / 2.0 - width / 2.0) * mpp
+        cy = mid[1] + (top + free_h / 2.0 - height / 2.0) * mpp
+        eye_z = max(500.0, hi[2] + 100.0)
+        return Camera("ortho", eye=(cx, cy, eye_z), center=(cx, cy, 0.0), up=(0.0, 1.0, 0.0),
+                      near=1.0, far=eye_z - lo[2] + 100.0, half_width=mpp * width / 2.0,
+                      half_height=mpp * height / 2.0)
+    # chase: keep the direction, aim at the sensor's track (no sideways
+    # offset: the road stays upright), move the eye back until all fit
+    f = np.subtract(base.center, base.eye)
+    f /= np.linalg.norm(f)
+    mid[1 if forward == "x" else 0] = 0.0
+    view = _view_matrix(base)[:3, :3]  # rows: right, up, -forward
+    rel = xyz - mid
+    side, up, along = rel @ view[0], rel @ view[1], rel @ f
+    tan_v = np.tan(np.radians(base.fov_deg) / 2.0) * (1.0 - 2.0 * margin)
+    tan_h = tan_v * width / height
+    kx = (width - 2 * max(left, right)) / width
+    ky = (height - 2 * max(top, bottom)) / height
+    # a point at depth d + along is inside when |side| <= kx tan_h (d + along), same for up
+    d = float(np.max(np.maximum(np.abs(side) / (kx * tan_h), np.abs(up) / (ky * tan_v)) - along))
+    d = max(d, float(np.max(base.near - along)) + 1.0, 1.0)
+    eye = mid - d * f
+    far = float(np.max(d + along)) + 10.0
+    return Camera("perspective", eye=tuple(float(c) for c in eye), center=tuple(float(c) for c in mid),
+                  up=base.up, near=base.near, far=far, fov_deg=base.fov_deg)
+
+
+def metres_per_pixel(cam: Camera, width: int) -> Optional[float]:
+    """The scale of an orthographic camera's picture (None for a perspective one)."""
+    return 2.0 * cam.half_width / width if cam.projection == "ortho" else None
 
 
 def _view_matrix(cam: Camera) -> np.ndarray:
