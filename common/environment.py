@@ -92,5 +92,6 @@ def format_env(env: Dict[str, Any]) -> str:
     parts.append(f"git {g['commit'][:12]}{' (uncommitted changes)' if g.get('dirty') else ''}" if g
                  else "git commit unknown")
     parts.append(f"device {env['device']}" if env.get("device") else "")
-    parts.append(f"{env.get('threads')} threads, host {env.get('host')}")
+    threads = env.get("threads")
+    parts.append(f"{threads} thread{'' if threads == 1 else 's'}, host {env.get('host')}")
     return ", ".join(p for p in parts if p)
