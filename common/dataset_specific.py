@@ -311,7 +311,10 @@ def fold_bn(model: nn.Module) -> nn.Module:
     so only a BatchNorm whose input is a convolution's output used by nothing
     else is folded; BatchNorms after an activation (SalsaNext's conv → act →
     bn order) cannot be folded exactly and are left as they are. Returns a new
-    ``GraphModule`` (or a copy of the model if tracing fails) in eval mode.
+    ``GraphModule`` (or a copy of the model if tracing fails) in eval mode,
+    with ``folded_bn`` (how many were folded) and ``unfolded_bn`` (a dict:
+    each BatchNorm left, by path, -> what its input comes from, e.g.
+    ``"LeakyReLU"``; None when the model could not be traced).
     """
     import torch.fx as fx
 
@@ -322,23 +325,29 @@ def fold_bn(model: nn.Module) -> nn.Module:
         gm = fx.symbolic_trace(model)
     except Exception:  # data-dependent control flow: nothing can be folded safely
         model.folded_bn = 0  # type: ignore[attr-defined]
+        model.unfolded_bn = None  # type: ignore[attr-defined]
         return model
     modules = dict(gm.named_modules())
     conv_types = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d,
                   nn.ConvTranspose3d)
     folded = 0
+    unfolded: Dict[str, str] = {}
     for node in list(gm.graph.nodes):
         if node.op != "call_module" or not isinstance(modules.get(node.target),
                                                         nn.modules.batchnorm._BatchNorm):
             continue
         prev = node.args[0]
         if not isinstance(prev, fx.Node) or prev.op != "call_module":
+            unfolded[node.target] = _node_kind(prev)
             continue
         conv = modules.get(prev.target)
         if not isinstance(conv, conv_types) or len(prev.users) != 1:
+            unfolded[node.target] = (type(conv).__name__ if not isinstance(conv, conv_types) else
+                                     f"{type(conv).__name__} whose output is used elsewhere too")
             continue
         bn = modules[node.target]
         if bn.running_mean is None:
+            unfolded[node.target] = f"{type(conv).__name__} (no running statistics)"
             continue
         new_conv = _fold_pair(conv, bn)
         parent, _, child = prev.target.rpartition(".")
@@ -351,4 +360,18 @@ def fold_bn(model: nn.Module) -> nn.Module:
     gm.delete_all_unused_submodules()
     gm.recompile()
     gm.folded_bn = folded  # type: ignore[attr-defined]
+    gm.unfolded_bn = unfolded  # type: ignore[attr-defined]
     return gm
+
+
+def _node_kind(node) -> str:
+    """What an fx graph node computes, in a word (for :func:`fold_bn`'s report)."""
+    import torch.fx as fx
+
+    if not isinstance(node, fx.Node):
+        return "a constant"
+    if node.op == "placeholder":
+        return "the network input"
+    if node.op == "call_function":
+        return getattr(node.target, "__name__", str(node.target))
+    return str(node.target)  # call_method, get_attr
