@@ -256,13 +256,24 @@ def load_yaml(path: str, _seen: Sequence[str] = ()) -> Dict[str, Any]:
 
 
 def apply_overrides(d: Dict[str, Any], overrides: Sequence[str], source: str = "") -> Dict[str, Any]:
-    """Apply ``a.b.c=value`` overrides (values parsed as YAML)."""
+    """Apply ``a.b.c=value`` overrides (values parsed as YAML).
+
+    ``data.<name>.<key>=...`` must name a declared dataset (a typo would
+    otherwise declare a new one and fail later on its missing ``type``); a
+    new dataset is declared by overriding its ``type`` too."""
     d = copy.deepcopy(d)
+    keys = [item.split("=", 1)[0].strip() for item in overrides]
+    declared = list(d.get("data") or {}) if isinstance(d.get("data"), dict) else []
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like key.path=value")
         key, value = item.split("=", 1)
         parts = key.strip().split(".")
+        if (len(parts) >= 3 and parts[0] == "data" and parts[1] not in declared
+                and f"data.{parts[1]}.type" not in keys):
+            raise ConfigError(f"{_prefix(source)}override {key.strip()!r}: unknown dataset {parts[1]!r}; "
+                              f"the config declares {', '.join(declared) or 'none'} (to add a dataset, "
+                              f"also set data.{parts[1]}.type)")
         try:
             parsed = safe_load(value) if value != "" else ""
         except yaml.YAMLError:
