@@ -46,18 +46,16 @@ DEFAULT_CROP = (512, 512)
 MIOU_MODES = {
     # cityscapesscripts evalPixelLevelSemanticLabeling: getIouScoreForLabel returns
     # NaN for an empty union, getScoreAverage averages the non-NaN scores.
-    "cityscapes": "present",
+    "cityscapes": ("present", "cityscapesscripts"),
     # KITTI semantic: "data format and metrics conform with Cityscapes" (cvlibs
     # eval_semseg), i.e. the same scripts.
-    "kitti": "present",
+    "kitti": ("present", "cityscapesscripts"),
     # bdd100k toolkit (bdd100k/eval/seg.py): IoU 0 for an empty union, mean over the
-    # classes found in the ground truth. "present" equals it unless a class is
-    # predicted but absent from the ground truth (the toolkit leaves it out, here
-    # it counts 0); common.metrics has no "classes in the ground truth" mode.
-    "bdd100k": "present",
+    # classes found in the ground truth (a class only predicted is left out).
+    "bdd100k": ("gt", "bdd100k toolkit"),
     # CamVid has no official tool; the field's reference (mmsegmentation IoUMetric)
     # takes the NaN-mean over classes, as Cityscapes does.
-    "camvid": "present",
+    "camvid": ("present", "mmsegmentation IoUMetric; CamVid has no official tool"),
 }
 
 
@@ -219,10 +217,16 @@ class ImageTask(Task):
         return collate
 
     def miou_mode(self, name: str, cfg: Dict[str, Any]) -> str:
-        """The official evaluator's mIoU for ``data.<name>.type`` (see ``MIOU_MODES``):
-        for every image dataset the mean over classes with a non-empty union, so a
-        subset (``eval.max_samples``, a small zero-shot set) scores as the official
-        tool scores it."""
+        """The official evaluator's mIoU for ``data.<name>.type`` (see ``MIOU_MODES``),
+        so a subset (``eval.max_samples``, a small zero-shot set) scores as the
+        official tool scores it."""
+        return self._miou_row(name, cfg)[0]
+
+    def miou_reference(self, name: str, cfg: Dict[str, Any]) -> str:
+        return self._miou_row(name, cfg)[1]
+
+    @staticmethod
+    def _miou_row(name: str, cfg: Dict[str, Any]):
         kind = cfg.get("type")
         if kind not in MIOU_MODES:
             raise ValueError(f"data.{name}.type is {kind!r}; valid image dataset types: {', '.join(MIOU_MODES)}")

@@ -1,11 +1,13 @@
 """Confusion-matrix metrics: IoU per class, mIoU, frequency-weighted IoU, accuracy.
 
-mIoU comes in the two flavours the official evaluators use:
+mIoU comes in the flavours the official evaluators use:
 
-* ``"all"`` (SemanticKITTI's ``semantic-kitti-api``, Cityscapes): the mean over
-  every class; a class with an empty union scores 0.
-* ``"present"`` (nuScenes ``LidarSegEval``): IoU is NaN where the union is
-  empty and the mean skips it (``nanmean``).
+* ``"all"`` (SemanticKITTI's ``semantic-kitti-api``): the mean over every
+  class; a class with an empty union scores 0.
+* ``"present"`` (nuScenes ``LidarSegEval``, cityscapesscripts): IoU is NaN
+  where the union is empty and the mean skips it (``nanmean``).
+* ``"gt"`` (the BDD100K toolkit): the mean over the classes that occur in the
+  ground truth; a class only predicted is left out.
 """
 from __future__ import annotations
 
@@ -76,7 +78,13 @@ class ConfusionMatrix:
         if mode == "present":
             valid = ~torch.isnan(iou)
             return float(iou[valid].mean()) if valid.any() else 0.0
-        raise ValueError(f"mIoU mode must be 'all' or 'present', not {mode!r}")
+        if mode == "gt":
+            tp, _, fn = self._tp_fp_fn()
+            in_gt = (tp + fn) > 0
+            if classes is not None:
+                in_gt = in_gt[torch.as_tensor(list(classes), dtype=torch.long)]
+            return float(iou[in_gt].mean()) if in_gt.any() else 0.0
+        raise ValueError(f"mIoU mode must be 'all', 'present' or 'gt', not {mode!r}")
 
     def fwiou(self) -> float:
         """Frequency-weighted IoU: IoU weighted by each class's share of labels."""
@@ -148,6 +156,8 @@ def miou_definition(mode: str, num_classes: int, classes: Optional[Sequence[int]
     elif mode == "present":
         text = "mIoU over the classes present in ground truth or prediction" + \
             (f", of {subset}" if subset else "")
+    elif mode == "gt":
+        text = "mIoU over the classes present in ground truth" + (f", of {subset}" if subset else "")
     else:
         text = f"mIoU ({mode})" + (f" over {subset}" if subset else "")
     return f"{text} ({reference})" if reference else text

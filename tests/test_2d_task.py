@@ -285,9 +285,6 @@ def test_subset_miou_follows_each_official_definition(root, kind, num_classes):
     assert ours["miou"] > np.mean([v or 0.0 for v in ours["iou"].values()]) + 1e-3
 
 
-@pytest.mark.xfail(strict=True, reason="the BDD100K toolkit averages over the classes in the ground truth; "
-                                       "common.metrics has no such mode yet, so a class only predicted "
-                                       "counts as 0 in our mean")
 def test_bdd100k_class_predicted_but_absent_from_ground_truth(root):
     from common.evaluation import evaluate_model
 

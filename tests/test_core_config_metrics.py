@@ -133,3 +133,14 @@ def test_remapped_dataset_is_scored_over_the_classes_its_table_reaches():
     assert res["miou"] == pytest.approx(1.0)
     assert res["scored_classes"] == ["class1", "class2"]
     assert "not scored" in res["tables"] and "2 of 4 classes" in res["tables"]
+
+
+def test_gt_mode_leaves_out_classes_only_predicted():
+    # class 2 only predicted, class 3 in neither: "gt" (BDD100K) averages classes 0, 1
+    cm = ConfusionMatrix(4)
+    cm.update(torch.tensor([0, 0, 1, 2]), torch.tensor([0, 0, 1, 1]))
+    iou = [1.0, 0.5, 0.0]
+    assert cm.miou("gt") == pytest.approx((iou[0] + iou[1]) / 2)
+    assert cm.miou("present") == pytest.approx(sum(iou) / 3)
+    assert cm.miou("all") == pytest.approx(sum(iou) / 4)
+    assert cm.miou("gt", classes=[1, 2]) == pytest.approx(0.5)
