@@ -30,7 +30,7 @@ def _ensure_data(root: str, scans: int, seed: int = 0) -> None:
 
     print(f"[demo] generating LiDAR data into {root} ({scans} scans per dataset) ...")
     t0 = time.time()
-    generate_lidar(root, seed=seed, scans=scans)
+    generate_lidar(root, seed=seed, scans=scans, nuscenes_test_scans=0)  # the demo predicts no test split
     print(f"[demo] generated in {time.time() - t0:.0f} s")
 
 
