@@ -107,7 +107,7 @@ class track:
                     next_percent += self.every_percent
         elapsed = time.monotonic() - start
         if reported or elapsed >= self.quiet_seconds:
-            logger.info("%s: done, %d %s in %s", self.desc or "loop", done, self.unit, format_seconds(elapsed))
+            logger.info("%s: done, %d in %s", self.desc or "loop", done, format_seconds(elapsed))
 
     def line(self, done: int, elapsed: float) -> str:
         """``desc: 408/4071 (10%), elapsed 0:00:41, eta 0:06:10`` (without a total: no

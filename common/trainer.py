@@ -61,7 +61,7 @@ from .build import (active_datasets, build_criteria, build_dataset, build_model,
                     get_task, num_classes_of)
 from .checkpoint import (CheckpointError, check_resumable, load_checkpoint, load_model_weights,
                          model_state, rng_state, save_checkpoint, set_rng_state)
-from .config import Config, ConfigError, dump_config
+from .config import Config, ConfigError, TrainConfig, dump_config
 from .data import InfiniteLoader, MultiLoader
 from .engine import train_step
 from .environment import collect_env, format_env
@@ -188,6 +188,11 @@ def _claim_work_dir(work_dir: str, refuse_previous_run: bool = False) -> Optiona
     raise RuntimeError(f"rank 0 could not claim {work_dir}: {kind}: {message}")
 
 
+#: what a run writes besides its iter_*.pth checkpoints and tb/ (config.yaml is rewritten anyway)
+RUN_FILES = ("log.jsonl", os.path.join("checkpoints", "latest.pth"), os.path.join("checkpoints", "best.pth"),
+             "results.json", "env.json", "config.yaml")
+
+
 def previous_run(work_dir: str) -> List[str]:
     """The outputs of an earlier run in ``work_dir`` (paths relative to it):
     its log, checkpoints, results, TensorBoard logs and saved environment."""
@@ -197,11 +202,6 @@ def previous_run(work_dir: str) -> List[str]:
     if os.path.isdir(os.path.join(work_dir, "tb")) and os.listdir(os.path.join(work_dir, "tb")):
         found.append("tb" + os.sep)
     return found
-
-
-#: what a run writes besides its iter_*.pth checkpoints and tb/ (config.yaml is rewritten anyway)
-RUN_FILES = ("log.jsonl", os.path.join("checkpoints", "latest.pth"), os.path.join("checkpoints", "best.pth"),
-             "results.json", "env.json", "config.yaml")
 
 
 def _refuse_previous_run(work_dir: str) -> None:
@@ -223,7 +223,10 @@ def _remove_previous_run(work_dir: str) -> None:
     for name in found:
         path = os.path.join(work_dir, name)
         try:
-            shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+            if os.path.isdir(path):
+                shutil.rmtree(path)
+            else:
+                os.remove(path)
         except FileNotFoundError:
             pass
         except OSError as exc:
@@ -331,11 +334,16 @@ class LossWindow:
         self.data_time += data_time
         self.skipped += int(skipped)
 
-    def mean_losses(self) -> Dict[str, float]:
-        out = {}
+    def summary(self) -> Dict[str, Any]:
+        """``{"loss/<dataset>": mean, "iter_time", "data_time": mean seconds,
+        "window": steps, "skipped_steps": steps skipped}``."""
+        out: Dict[str, Any] = {}
         for n, values in self.losses.items():
             finite = [v for v in values if math.isfinite(v)]
-            out[n] = sum(finite) / len(finite) if finite else math.nan
+            out[f"loss/{n}"] = sum(finite) / len(finite) if finite else math.nan
+        steps = max(1, self.steps)
+        out.update({"iter_time": round(self.iter_time / steps, 4), "data_time": round(self.data_time / steps, 4),
+                    "window": self.steps, "skipped_steps": self.skipped})
         return out
 
 
@@ -356,6 +364,25 @@ def format_train_line(record: Dict[str, Any], iterations: int) -> str:
     if record.get("skipped_steps"):
         parts.append(f"skipped {record['skipped_steps']}")
     return ", ".join(parts)
+
+
+def _start_log(cfg: Config, t: TrainConfig, work_dir: str, device: torch.device, start: int,
+               resume_path: Optional[str]) -> _JsonLog:
+    """Save the config and the environment, open ``log.jsonl`` with a ``start``
+    record, and log the work dir, the environment and the config."""
+    env = collect_env(device)
+    config_path = os.path.join(work_dir, "config.yaml")
+    dump_config(cfg, config_path)
+    atomic_write_bytes(os.path.join(work_dir, "env.json"), json.dumps(env, indent=2).encode("utf-8"))
+    jlog = _JsonLog(os.path.join(work_dir, "log.jsonl"))
+    logger.info("work dir %s (attempt %d)", os.path.abspath(work_dir), jlog.attempt)
+    logger.info("environment: %s", format_env(env))
+    logger.info("config (saved to %s):\n%s", config_path, _config_text(cfg).rstrip())
+    jlog.write({"step": start, "type": "start", "resumed_from": resume_path,
+                "iterations": t.iterations, "epochs": cfg.train.epochs, "world_size": dist.world_size(),
+                "pid": os.getpid(), "host": socket.gethostname(), "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+                "work_dir": os.path.abspath(work_dir), "env": env})
+    return jlog
 
 
 def train(cfg: Config, work_dir: str, resume: Optional[str] = None, overwrite: bool = False) -> Dict[str, Any]:
@@ -463,19 +490,7 @@ def _train(cfg: Config, work_dir: str, resume: Optional[str], overwrite: bool, d
     if main:
         if overwrite:
             _remove_previous_run(work_dir)
-        env = collect_env(device)
-        config_path = os.path.join(work_dir, "config.yaml")
-        dump_config(cfg, config_path)
-        atomic_write_bytes(os.path.join(work_dir, "env.json"), json.dumps(env, indent=2).encode("utf-8"))
-        jlog = _JsonLog(os.path.join(work_dir, "log.jsonl"))
-        logger.info("work dir %s (attempt %d)", os.path.abspath(work_dir), jlog.attempt)
-        logger.info("environment: %s", format_env(env))
-        logger.info("config (saved to %s):\n%s", config_path, _config_text(cfg).rstrip())
-        jlog.write({"step": start, "type": "start", "resumed_from": resume_path,
-                    "iterations": t.iterations, "epochs": cfg.train.epochs, "world_size": dist.world_size(),
-                    "pid": os.getpid(), "host": socket.gethostname(),
-                    "time": time.strftime("%Y-%m-%d %H:%M:%S"), "work_dir": os.path.abspath(work_dir),
-                    "env": env})
+        jlog = _start_log(cfg, t, work_dir, device, start, resume_path)
         if not finished:
             batches = ", ".join(f"{n} (batch {cfg.data[n].batch_size})" for n in names)
             logger.info("training steps %d-%d of %d: %s; a log line every %d steps, losses averaged over them",
@@ -586,24 +601,18 @@ def _train(cfg: Config, work_dir: str, resume: Optional[str], overwrite: bool, d
             if skipped and main:
                 logger.warning("step %d skipped: non-finite loss %s", step, losses)
 
-            if main and (done % t.log_every == 0 or done == t.iterations or skipped):
-                mean = window.mean_losses()
+            log_now = done % t.log_every == 0 or done == t.iterations or skipped
+            if main and log_now:
                 record = {"step": done, "type": "train", "lr": lr, "epoch": round(loaders.epoch, 4),
-                          "time": round(time.time() - t0, 3), "skipped": skipped}
-                record.update({f"loss/{n}": v for n, v in mean.items()})
-                record.update({"iter_time": round(window.iter_time / window.steps, 4),
-                               "data_time": round(window.data_time / window.steps, 4),
-                               "eta_s": round(spent / steps_run * (t.iterations - done), 1),
-                               "window": window.steps, "skipped_steps": window.skipped})
-                record.update(memory_mb(device))
+                          "time": round(time.time() - t0, 3), "skipped": skipped, **window.summary(),
+                          "eta_s": round(spent / steps_run * (t.iterations - done), 1), **memory_mb(device)}
                 jlog.write(record)
                 logger.info("%s", format_train_line(record, t.iterations))
                 if writer:
-                    writer.add_scalar("train/lr", lr, done)
-                    writer.add_scalar("train/iter_time", record["iter_time"], done)
-                    for n, v in mean.items():
-                        writer.add_scalar(f"train/loss_{n}", v, done)
-                window.reset()
+                    for key in ("lr", "iter_time", "data_time") + tuple(k for k in record if k.startswith("loss/")):
+                        writer.add_scalar(f"train/{key.replace('/', '_')}", record[key], done)
+            if log_now:
+                window.reset()  # on every rank: the others only count
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix({n: f"{v:.3f}" for n, v in losses.items()})

@@ -127,7 +127,7 @@ def test_progress_without_a_terminal_logs_every_10_percent(caplog, monkeypatch):
     lines = [r.getMessage() for r in caplog.records]
     assert [re.match(r"eval x: (\d+)/40 \((\d+)%\)", m).groups() for m in lines[:-1]] == \
         [(str(4 * k), str(10 * k)) for k in range(1, 10)]
-    assert lines[-1].startswith("eval x: done, 40 it in ")
+    assert lines[-1].startswith("eval x: done, 40 in ")
     caplog.clear()
     list(progress.track(range(40), desc="quick"))  # a loop of less than 5 s says nothing
     assert not caplog.records
