@@ -30,7 +30,8 @@ def _ensure_data(root: str, scans: int, seed: int = 0) -> None:
 
     print(f"[demo] generating LiDAR data into {root} ({scans} scans per dataset) ...")
     t0 = time.time()
-    generate_lidar(root, seed=seed, scans=scans, nuscenes_test_scans=0)  # the demo predicts no test split
+    # the demo trains on two datasets and predicts no test split
+    generate_lidar(root, seed=seed, scans=scans, datasets=("semantickitti", "nuscenes"), nuscenes_test_scans=0)
     print(f"[demo] generated in {time.time() - t0:.0f} s")
 
 

@@ -17,7 +17,8 @@ def register() -> None:
         from .synth.cli import run
         return run(args)
 
-    SYNTH.register("lidar", Command("generated SemanticKITTI + nuScenes scans", _synth_args, _synth_run,
+    SYNTH.register("lidar", Command("generated SemanticKITTI + nuScenes + SemanticPOSS scans", _synth_args,
+                                    _synth_run,
                                     example="cdcl synth lidar --out data/synth/lidar --scans 60 --stats"))
 
     def _show_args(p):

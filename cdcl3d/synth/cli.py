@@ -1,5 +1,6 @@
-"""``cdcl synth lidar``: write the generated SemanticKITTI and nuScenes trees
-(nuScenes: ``v1.0-mini`` with labels and an unlabelled ``v1.0-test``)."""
+"""``cdcl synth lidar``: write the generated SemanticKITTI, nuScenes and
+SemanticPOSS trees (nuScenes: ``v1.0-mini`` with labels and an unlabelled
+``v1.0-test``)."""
 from __future__ import annotations
 
 import argparse
@@ -11,20 +12,21 @@ DEFAULT_OUT = "data/synth/lidar"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Declare the options of ``cdcl synth lidar``."""
     parser.add_argument("--out", default=DEFAULT_OUT,
-                        help="output folder; gets semantickitti/ and nuscenes/ (default: %(default)s)")
+                        help="output folder; gets semantickitti/, nuscenes/ and semanticposs/ (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     parser.add_argument("--scans", type=int, default=60,
                         help="scans per dataset (nuScenes: at least one per scene, so >= 10) "
                              "(default: %(default)s)")
     parser.add_argument("--points", type=float, default=1.0,
-                        help="points per scan: a value <= 10 scales the azimuth steps of both "
-                             "sensors (1.0: ~120k KITTI / ~34k nuScenes points); a larger value is "
-                             "a target for a KITTI scan (nuScenes scaled alike) (default: %(default)s)")
+                        help="points per scan: a value <= 10 scales the azimuth steps of every "
+                             "sensor (1.0: ~120k KITTI / ~34k nuScenes / ~65k SemanticPOSS points); a "
+                             "larger value is a target for a KITTI scan (the others scaled alike) "
+                             "(default: %(default)s)")
     parser.add_argument("--nuscenes-test-scans", type=int, default=None, metavar="N",
                         help="keyframes of the unlabelled nuScenes v1.0-test version, dealt over the "
                              "devkit's 150 test scenes, at least one each; 0: no test version "
                              "(default: one per scene)")
-    parser.add_argument("--only", choices=["semantickitti", "nuscenes"], default=None,
+    parser.add_argument("--only", choices=["semantickitti", "nuscenes", "semanticposs"], default=None,
                         help="write one dataset only")
     parser.add_argument("--stats", action="store_true",
                         help="print the class histograms (generated vs. real SemanticKITTI) and "
@@ -43,9 +45,9 @@ def points_to_scale(points: float) -> float:
 
 def run(args: argparse.Namespace) -> int:
     """Execute ``cdcl synth lidar``; returns the exit code."""
-    from .lidar import class_histogram, format_histogram, generate_lidar
+    from .lidar import DATASETS, class_histogram, format_histogram, generate_lidar
 
-    datasets = (args.only,) if args.only else ("semantickitti", "nuscenes")
+    datasets = (args.only,) if args.only else DATASETS
     if args.scans > 0:
         start = time.perf_counter()
         res = generate_lidar(args.out, seed=args.seed, scans=args.scans,

@@ -1,4 +1,4 @@
-"""Generate the two LiDAR datasets and measure their class histograms.
+"""Generate the three LiDAR datasets and measure their class histograms.
 
 ``generate_lidar(out, seed, scans, points_scale)`` writes
 
@@ -16,7 +16,14 @@
   official release ships them), its scans in the shared
   ``samples/LIDAR_TOP``. ``cdcl predict --split test`` with
   ``data.nuscenes.version=v1.0-test`` writes a submission that the devkit's
-  ``validate_submission`` accepts.
+  ``validate_submission`` accepts;
+* ``<out>/semanticposs/sequences/NN/...`` -- SemanticPOSS's layout (that of
+  SemanticKITTI): six labelled sequences 00-05, 02 the validation split and
+  dealt first; campus scenes (:data:`~.world.POSS_STYLE`) seen by a 40-beam
+  Pandora-like sensor (:data:`~.sensors.POSS_SENSOR`), labels in
+  SemanticPOSS's raw ids (``person-group`` is raw id 5, "2+ persons"),
+  intensity 0..255. SemanticKITTI and SemanticPOSS are rows of one writer
+  (:class:`KittiLayoutSet`).
 
 Everything is a pure function of ``seed`` (one random generator per world and
 per scan, keyed by dataset, sequence and index), so two runs write the same
@@ -28,23 +35,26 @@ import dataclasses
 import math
 import os
 from importlib import resources
-from typing import Dict, List, Optional, Sequence, Tuple
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import yaml
 
-from .sensors import KITTI_SENSOR, NUSCENES_SENSOR, scan
+from .sensors import KITTI_SENSOR, NUSCENES_SENSOR, POSS_SENSOR, Sensor, scan
 from .world import (KINDS, KITTI_OF_KIND, KITTI_STYLE, NUSCENES_FINE, NUSCENES_OF_KIND,
-                    NUSCENES_STYLE, build_street)
+                    NUSCENES_STYLE, POSS_OF_KIND, POSS_STYLE, Style, build_street)
 from .writers import (ATTRIBUTES, VISIBILITY, attribute_of_kind, category_table, quaternion_yaw,
                       token, write_kitti_scan, write_kitti_sequence_meta, write_map_png,
                       write_tables, yaw_matrix)
 
-DATASETS = ("semantickitti", "nuscenes")
+DATASETS = ("semantickitti", "nuscenes", "semanticposs")
 KITTI_LABELLED = tuple(range(11))           # 00-10; 08 is validation
 KITTI_TEST = (11, 12)                       # velodyne only
 # deal order: validation first, then a test sequence early, then the rest
 _KITTI_ORDER = (8, 0, 11, 1, 2, 3, 4, 5, 6, 7, 9, 10, 12)
+POSS_SEQUENCES = tuple(range(6))            # 00-05, all labelled; 02 is validation
+POSS_ORDER = (2, 0, 1, 3, 4, 5)
 KITTI_POINTS_PER_SCAN = 120_000             # about what points_scale=1 gives
 
 NUSCENES_VERSION = "v1.0-mini"
@@ -81,13 +91,46 @@ def _deal(total: int, keys: Sequence[int], minimum: int = 0) -> Dict[int, int]:
     return counts
 
 
-def generate_semantickitti(out: str, seed: int = 0, scans: int = 60,
-                           points_scale: float = 1.0) -> Dict[str, object]:
-    """Write SemanticKITTI sequences under ``out`` (the folder holding ``sequences``)."""
-    counts = _deal(scans, _KITTI_ORDER)
-    # the rest of the official test split (13-21) exists, empty, so that
-    # split="test" resolves exactly as on the real dataset
-    counts.update({s: 0 for s in range(13, 22)})
+@dataclass(frozen=True)
+class KittiLayoutSet:
+    """A generated dataset in SemanticKITTI's on-disk layout: which world,
+    which sensor, which sequences, which raw ids, which intensity scale."""
+
+    name: str
+    stream: int                  # random-stream key (nuScenes uses 1 and 2)
+    style: Style
+    sensor: Sensor
+    order: Tuple[int, ...]       # sequences the scans are dealt over, validation first
+    labelled: Tuple[int, ...]    # sequences with labels/ (the others: velodyne only)
+    empty: Tuple[int, ...]       # sequences that exist without scans
+    speed: Tuple[float, float]   # m/s, one scan a second
+    raw_of_kind: np.ndarray      # kind -> raw semantic id
+    intensity: Callable[[np.ndarray], np.ndarray]  # remission in [0, 1] -> the file's values
+
+
+def _kitti_remission(rem: np.ndarray) -> np.ndarray:
+    return np.round(rem, 2)      # KITTI remission: [0, 1], two decimals
+
+
+def _poss_intensity(rem: np.ndarray) -> np.ndarray:
+    # Pandora intensity: integers 0..255, most returns weak (a mean near 14)
+    return np.round(255.0 * rem ** 2.5)
+
+
+SEMANTICKITTI_SET = KittiLayoutSet(
+    "semantickitti", 0, KITTI_STYLE, KITTI_SENSOR, _KITTI_ORDER, KITTI_LABELLED,
+    tuple(range(13, 22)),  # the rest of the official test split, so split="test" resolves as on the real one
+    (6.0, 12.0), KITTI_OF_KIND, _kitti_remission)
+SEMANTICPOSS_SET = KittiLayoutSet(
+    "semanticposs", 3, POSS_STYLE, POSS_SENSOR, POSS_ORDER, POSS_SEQUENCES, (),
+    (2.0, 5.0), POSS_OF_KIND, _poss_intensity)
+
+
+def generate_kitti_layout(out: str, spec: KittiLayoutSet, seed: int = 0, scans: int = 60,
+                          points_scale: float = 1.0) -> Dict[str, object]:
+    """Write ``spec``'s sequences under ``out`` (the folder holding ``sequences``)."""
+    counts = _deal(scans, spec.order)
+    counts.update({s: 0 for s in spec.empty})
     written = {}
     for seq in sorted(counts):
         n = counts[seq]
@@ -95,32 +138,44 @@ def generate_semantickitti(out: str, seed: int = 0, scans: int = 60,
         if n == 0:
             # an empty sequence still exists, so split lists always resolve
             os.makedirs(os.path.join(seq_dir, "velodyne"), exist_ok=True)
-            if seq in KITTI_LABELLED:
+            if seq in spec.labelled:
                 os.makedirs(os.path.join(seq_dir, "labels"), exist_ok=True)
             write_kitti_sequence_meta(seq_dir, [], [])
             continue
-        wrng = np.random.default_rng([seed, 0, seq])
-        speed = wrng.uniform(6.0, 12.0)   # m/s; one scan a second (every 10th frame)
+        wrng = np.random.default_rng([seed, spec.stream, seq])
+        speed = wrng.uniform(*spec.speed)
         dt = 1.0
-        world = build_street(KITTI_STYLE, wrng, max(1, n - 1) * speed * dt)
+        world = build_street(spec.style, wrng, max(1, n - 1) * speed * dt)
         sy = world.sensor_path[0][1]
         poses, times = [], []
         for i in range(n):
-            srng = np.random.default_rng([seed, 0, seq, i])
+            srng = np.random.default_rng([seed, spec.stream, seq, i])
             x = i * speed * dt + srng.normal(0, 0.3)
             y = sy + srng.normal(0, 0.15)
             yaw = srng.normal(0, 0.02)
-            s = scan(world, KITTI_SENSOR, x, y, yaw, srng, points_scale)
+            s = scan(world, spec.sensor, x, y, yaw, srng, points_scale)
             labels = None
-            if seq in KITTI_LABELLED:
-                raw = KITTI_OF_KIND[s["kind"]]
+            if seq in spec.labelled:
+                raw = spec.raw_of_kind[s["kind"]]
                 labels = (s["instance"].astype(np.uint32) << np.uint32(16)) | raw
-            write_kitti_scan(seq_dir, i, s["xyz"], s["remission"], labels)
-            poses.append(yaw_matrix(x, y, KITTI_SENSOR.height, yaw))
+            write_kitti_scan(seq_dir, i, s["xyz"], spec.intensity(s["remission"]), labels)
+            poses.append(yaw_matrix(x, y, spec.sensor.height, yaw))
             times.append(i * dt)
         write_kitti_sequence_meta(seq_dir, poses, times)
         written[f"{seq:02d}"] = n
     return {"root": out, "sequences": written, "scans": int(sum(written.values()))}
+
+
+def generate_semantickitti(out: str, seed: int = 0, scans: int = 60,
+                           points_scale: float = 1.0) -> Dict[str, object]:
+    """Write SemanticKITTI sequences under ``out`` (the folder holding ``sequences``)."""
+    return generate_kitti_layout(out, SEMANTICKITTI_SET, seed, scans, points_scale)
+
+
+def generate_semanticposs(out: str, seed: int = 0, scans: int = 60,
+                          points_scale: float = 1.0) -> Dict[str, object]:
+    """Write SemanticPOSS sequences 00-05 under ``out`` (the folder holding ``sequences``)."""
+    return generate_kitti_layout(out, SEMANTICPOSS_SET, seed, scans, points_scale)
 
 
 def generate_nuscenes(out: str, seed: int = 0, scans: int = 60, points_scale: float = 1.0,
@@ -277,7 +332,9 @@ def generate_lidar(out: str, seed: int = 0, scans: int = 60, points_scale: float
     """Write the generated LiDAR datasets under ``out`` and return their paths and counts.
 
     ``scans`` is per dataset; ``points_scale`` multiplies the azimuth steps of
-    both sensors (1.0: ~120k points per KITTI scan, ~34k per nuScenes scan).
+    every sensor (1.0: ~120k points per KITTI scan, ~34k per nuScenes scan,
+    at most 72k per SemanticPOSS scan). ``datasets``: which of
+    :data:`DATASETS` to write.
     ``nuscenes_test_scans``: keyframes of the nuScenes ``v1.0-test`` version
     (None: one per test scene, 150; 0: no test version).
     """
@@ -297,6 +354,9 @@ def generate_lidar(out: str, seed: int = 0, scans: int = 60, points_scale: float
     if "nuscenes" in datasets:
         result["nuscenes"] = generate_nuscenes(os.path.join(out, "nuscenes"), seed, scans, points_scale,
                                                test_scans=nuscenes_test_scans)
+    if "semanticposs" in datasets:
+        result["semanticposs"] = generate_semanticposs(os.path.join(out, "semanticposs"), seed, scans,
+                                                       points_scale)
     return result
 
 

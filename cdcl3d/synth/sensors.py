@@ -1,11 +1,14 @@
-"""The two simulated scanners and one scan of a world.
+"""The three simulated scanners and one scan of a world.
 
 ``KITTI_SENSOR`` imitates the Velodyne HDL-64E of KITTI (64 beams, +3 to -25
 degrees in two blocks of different spacing, ~2048 azimuth steps, 1.73 m,
 remission in [0, 1] with two decimals); ``NUSCENES_SENSOR`` the HDL-32E of
 nuScenes (32 beams evenly from -30 to +10 degrees, ~1090 azimuth steps, 1.84 m
 on the roof, intensity 0..255, a ring index per point where ring 0 is the
-lowest beam).
+lowest beam); ``POSS_SENSOR`` the Hesai Pandora of SemanticPOSS (a Pandar40:
+40 beams from +7 to -16 degrees, 1/3 degree apart near the horizon and 1 degree
+apart above +2 and below -6, 1800 azimuth steps, 2.0 m, intensity 0..255 with
+a mean near 14).
 
 The nuScenes sensor also sees the car it is mounted on (``ego_roof``): its
 lower beams hit the roof within a metre of the sensor, as in real LIDAR_TOP
@@ -68,6 +71,23 @@ NUSCENES_SENSOR = Sensor(
     dropout=0.01,
     outliers=0.001,
     ego_roof=(0.85, 0.65, 0.28),  # a Renault Zoe's roof (1.56 m) under the sensor (1.84 m)
+)
+
+# Hesai Pandar40 (inside SemanticPOSS's Pandora), top to bottom: +7..+2 deg in
+# 1 deg steps, 1/3 deg steps down to -5.67, then 1 deg steps from -6 to -16
+PANDAR40_ELEVATIONS_DEG = np.concatenate([np.arange(7.0, 1.5, -1.0), 2.0 - np.arange(1, 24) / 3.0,
+                                          np.arange(-6.0, -16.5, -1.0)])
+
+POSS_SENSOR = Sensor(
+    name="semanticposs",
+    elevations_deg=PANDAR40_ELEVATIONS_DEG,
+    cols=1800,           # 40 x 1800 = 72,000 returns at most, as in SemanticPOSS
+    height=2.0,          # on a roof rack: higher than KITTI's 1.73 m and nuScenes' 1.84 m
+    max_range=100.0,
+    min_range=1.0,
+    range_noise=0.02,
+    dropout=0.02,
+    outliers=0.001,
 )
 
 

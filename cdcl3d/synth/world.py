@@ -3,15 +3,18 @@
 Everything is described by analytic primitives (see :mod:`cdcl3d.synth.raycast`)
 tagged with a *kind* -- an internal class that is finer than both datasets'
 taxonomies, so that each dataset's labels are one table lookup away
-(:data:`KINDS`: SemanticKITTI raw id and nuScenes-lidarseg fine index per kind).
+(:data:`KINDS`: SemanticKITTI raw id, nuScenes-lidarseg fine index and
+SemanticPOSS raw id per kind).
 
 A world is one street segment along +x: road (with lane markings), optional
 parking lanes, sidewalks, verges of grass or paving, then a frontage of
 buildings, gardens with fences and hedges, parks and parking lots, with
-cross streets now and then. The sensor drives along the road. The two styles
-(:data:`KITTI_STYLE`, :data:`NUSCENES_STYLE`) differ in layout (a suburban,
-green Karlsruhe vs. a dense Boston/Singapore downtown) and object mix (more
-pedestrians, buses, barriers and cones in the city).
+cross streets now and then. The sensor drives along the road. The styles
+(:data:`KITTI_STYLE`, :data:`NUSCENES_STYLE`, :data:`POSS_STYLE`) differ in
+layout (a suburban, green Karlsruhe; a dense Boston/Singapore downtown; a
+university campus) and object mix (more pedestrians, buses, barriers and cones
+in the city; crowds, groups, cyclists, parked bicycles, bins and stones on the
+campus): the same builder, other parameters.
 """
 from __future__ import annotations
 
@@ -34,6 +37,7 @@ class Kind:
     remission: float
     spread: float
     thing: bool = False  # has an instance id / a nuScenes box
+    poss: int = 0       # SemanticPOSS raw id (0 unlabeled, 1 unknown)
 
 
 # nuScenes fine indices (category.json 'index', the devkit colormap order).
@@ -53,59 +57,64 @@ NUSCENES_FINE = [
 _NU = {n: i for i, n in enumerate(NUSCENES_FINE)}
 
 KINDS: List[Kind] = [
-    Kind("road", 40, _NU["flat.driveable_surface"], 0.10, 0.04),
-    Kind("lane-marking", 60, _NU["flat.driveable_surface"], 0.70, 0.12),
-    Kind("parking", 44, _NU["flat.driveable_surface"], 0.14, 0.05),
-    Kind("sidewalk", 48, _NU["flat.sidewalk"], 0.22, 0.06),
-    Kind("other-ground", 49, _NU["flat.other"], 0.18, 0.06),
-    Kind("terrain", 72, _NU["flat.terrain"], 0.32, 0.10),
-    Kind("building", 50, _NU["static.manmade"], 0.28, 0.10),
-    Kind("fence", 51, _NU["static.manmade"], 0.30, 0.12),
-    Kind("other-structure", 52, _NU["static.other"], 0.30, 0.10),
-    Kind("vegetation", 70, _NU["static.vegetation"], 0.40, 0.12),
-    Kind("trunk", 71, _NU["static.vegetation"], 0.30, 0.08),
-    Kind("pole", 80, _NU["static.manmade"], 0.35, 0.10),
-    Kind("traffic-sign", 81, _NU["static.manmade"], 0.85, 0.10),
-    Kind("car", 10, _NU["vehicle.car"], 0.30, 0.15, True),
-    Kind("moving-car", 252, _NU["vehicle.car"], 0.30, 0.15, True),
-    Kind("bicycle", 11, _NU["vehicle.bicycle"], 0.25, 0.10, True),
-    Kind("bus", 13, _NU["vehicle.bus.rigid"], 0.35, 0.12, True),
-    Kind("moving-bus", 257, _NU["vehicle.bus.rigid"], 0.35, 0.12, True),
-    Kind("bendy-bus", 13, _NU["vehicle.bus.bendy"], 0.35, 0.12, True),
-    Kind("motorcycle", 15, _NU["vehicle.motorcycle"], 0.30, 0.12, True),
-    Kind("truck", 18, _NU["vehicle.truck"], 0.33, 0.12, True),
-    Kind("moving-truck", 258, _NU["vehicle.truck"], 0.33, 0.12, True),
-    Kind("other-vehicle", 20, _NU["vehicle.construction"], 0.35, 0.12, True),
-    Kind("moving-other-vehicle", 259, _NU["vehicle.construction"], 0.35, 0.12, True),
-    Kind("trailer", 20, _NU["vehicle.trailer"], 0.32, 0.10, True),
-    Kind("ambulance", 10, _NU["vehicle.emergency.ambulance"], 0.45, 0.15, True),
-    Kind("police-car", 10, _NU["vehicle.emergency.police"], 0.40, 0.15, True),
-    Kind("person", 30, _NU["human.pedestrian.adult"], 0.22, 0.08, True),
-    Kind("moving-person", 254, _NU["human.pedestrian.adult"], 0.22, 0.08, True),
-    Kind("child", 30, _NU["human.pedestrian.child"], 0.22, 0.08, True),
-    Kind("construction-worker", 30, _NU["human.pedestrian.construction_worker"], 0.55, 0.15, True),
-    Kind("police-officer", 30, _NU["human.pedestrian.police_officer"], 0.30, 0.10, True),
-    Kind("stroller", 99, _NU["human.pedestrian.stroller"], 0.25, 0.08, True),
-    Kind("wheelchair", 99, _NU["human.pedestrian.wheelchair"], 0.25, 0.08, True),
-    Kind("personal-mobility", 99, _NU["human.pedestrian.personal_mobility"], 0.25, 0.08, True),
-    Kind("bicyclist", 31, _NU["vehicle.bicycle"], 0.24, 0.08, True),
-    Kind("moving-bicyclist", 253, _NU["vehicle.bicycle"], 0.24, 0.08, True),
-    Kind("motorcyclist", 32, _NU["vehicle.motorcycle"], 0.26, 0.08, True),
-    Kind("moving-motorcyclist", 255, _NU["vehicle.motorcycle"], 0.26, 0.08, True),
-    Kind("barrier", 52, _NU["movable_object.barrier"], 0.45, 0.15, True),
-    Kind("traffic-cone", 99, _NU["movable_object.trafficcone"], 0.75, 0.12, True),
-    Kind("trash-bin", 99, _NU["movable_object.pushable_pullable"], 0.25, 0.08, True),
-    Kind("bicycle-rack", 99, _NU["static_object.bicycle_rack"], 0.35, 0.10, True),
-    Kind("debris", 99, _NU["movable_object.debris"], 0.20, 0.08, True),
-    Kind("animal", 0, _NU["animal"], 0.20, 0.06, True),
-    Kind("outlier", 1, _NU["noise"], 0.05, 0.05),
+    Kind("road", 40, _NU["flat.driveable_surface"], 0.10, 0.04, poss=22),
+    Kind("lane-marking", 60, _NU["flat.driveable_surface"], 0.70, 0.12, poss=22),
+    Kind("parking", 44, _NU["flat.driveable_surface"], 0.14, 0.05, poss=22),
+    Kind("sidewalk", 48, _NU["flat.sidewalk"], 0.22, 0.06, poss=22),
+    Kind("other-ground", 49, _NU["flat.other"], 0.18, 0.06, poss=22),
+    Kind("terrain", 72, _NU["flat.terrain"], 0.32, 0.10, poss=22),
+    Kind("building", 50, _NU["static.manmade"], 0.28, 0.10, poss=15),
+    Kind("fence", 51, _NU["static.manmade"], 0.30, 0.12, poss=17),
+    Kind("other-structure", 52, _NU["static.other"], 0.30, 0.10, poss=15),
+    Kind("vegetation", 70, _NU["static.vegetation"], 0.40, 0.12, poss=9),
+    Kind("trunk", 71, _NU["static.vegetation"], 0.30, 0.08, poss=8),
+    Kind("pole", 80, _NU["static.manmade"], 0.35, 0.10, poss=13),
+    Kind("traffic-sign", 81, _NU["static.manmade"], 0.85, 0.10, poss=10),
+    Kind("car", 10, _NU["vehicle.car"], 0.30, 0.15, True, poss=7),
+    Kind("moving-car", 252, _NU["vehicle.car"], 0.30, 0.15, True, poss=7),
+    Kind("bicycle", 11, _NU["vehicle.bicycle"], 0.25, 0.10, True, poss=21),
+    Kind("bus", 13, _NU["vehicle.bus.rigid"], 0.35, 0.12, True, poss=7),
+    Kind("moving-bus", 257, _NU["vehicle.bus.rigid"], 0.35, 0.12, True, poss=7),
+    Kind("bendy-bus", 13, _NU["vehicle.bus.bendy"], 0.35, 0.12, True, poss=7),
+    Kind("motorcycle", 15, _NU["vehicle.motorcycle"], 0.30, 0.12, True, poss=21),
+    Kind("truck", 18, _NU["vehicle.truck"], 0.33, 0.12, True, poss=7),
+    Kind("moving-truck", 258, _NU["vehicle.truck"], 0.33, 0.12, True, poss=7),
+    Kind("other-vehicle", 20, _NU["vehicle.construction"], 0.35, 0.12, True, poss=7),
+    Kind("moving-other-vehicle", 259, _NU["vehicle.construction"], 0.35, 0.12, True, poss=7),
+    Kind("trailer", 20, _NU["vehicle.trailer"], 0.32, 0.10, True, poss=7),
+    Kind("ambulance", 10, _NU["vehicle.emergency.ambulance"], 0.45, 0.15, True, poss=7),
+    Kind("police-car", 10, _NU["vehicle.emergency.police"], 0.40, 0.15, True, poss=7),
+    Kind("person", 30, _NU["human.pedestrian.adult"], 0.22, 0.08, True, poss=4),
+    Kind("moving-person", 254, _NU["human.pedestrian.adult"], 0.22, 0.08, True, poss=4),
+    Kind("child", 30, _NU["human.pedestrian.child"], 0.22, 0.08, True, poss=4),
+    Kind("construction-worker", 30, _NU["human.pedestrian.construction_worker"], 0.55, 0.15, True, poss=4),
+    Kind("police-officer", 30, _NU["human.pedestrian.police_officer"], 0.30, 0.10, True, poss=4),
+    Kind("stroller", 99, _NU["human.pedestrian.stroller"], 0.25, 0.08, True, poss=1),
+    Kind("wheelchair", 99, _NU["human.pedestrian.wheelchair"], 0.25, 0.08, True, poss=1),
+    Kind("personal-mobility", 99, _NU["human.pedestrian.personal_mobility"], 0.25, 0.08, True, poss=1),
+    Kind("bicyclist", 31, _NU["vehicle.bicycle"], 0.24, 0.08, True, poss=6),
+    Kind("moving-bicyclist", 253, _NU["vehicle.bicycle"], 0.24, 0.08, True, poss=6),
+    Kind("motorcyclist", 32, _NU["vehicle.motorcycle"], 0.26, 0.08, True, poss=6),
+    Kind("moving-motorcyclist", 255, _NU["vehicle.motorcycle"], 0.26, 0.08, True, poss=6),
+    Kind("barrier", 52, _NU["movable_object.barrier"], 0.45, 0.15, True, poss=17),
+    Kind("traffic-cone", 99, _NU["movable_object.trafficcone"], 0.75, 0.12, True, poss=16),
+    Kind("trash-bin", 99, _NU["movable_object.pushable_pullable"], 0.25, 0.08, True, poss=14),
+    Kind("bicycle-rack", 99, _NU["static_object.bicycle_rack"], 0.35, 0.10, True, poss=1),
+    Kind("debris", 99, _NU["movable_object.debris"], 0.20, 0.08, True, poss=1),
+    Kind("animal", 0, _NU["animal"], 0.20, 0.06, True, poss=1),
+    Kind("outlier", 1, _NU["noise"], 0.05, 0.05, poss=0),
     # the roof of the car carrying the sensor (nuScenes only; see sensors.Sensor.ego_roof)
-    Kind("ego", 0, _NU["vehicle.ego"], 0.30, 0.10),
+    Kind("ego", 0, _NU["vehicle.ego"], 0.30, 0.10, poss=0),
+    # campus things (the SemanticPOSS style): people too close to tell apart,
+    # annotated as one "2+ persons" instance; kerb stones and bollards
+    Kind("person-group", 30, _NU["human.pedestrian.adult"], 0.22, 0.08, True, poss=5),
+    Kind("stone", 99, _NU["static.other"], 0.30, 0.10, True, poss=16),
 ]
 K = {k.name: i for i, k in enumerate(KINDS)}
 
 KITTI_OF_KIND = np.array([k.kitti for k in KINDS], np.uint32)
 NUSCENES_OF_KIND = np.array([k.nuscenes for k in KINDS], np.uint8)
+POSS_OF_KIND = np.array([k.poss for k in KINDS], np.uint32)
 REMISSION_OF_KIND = np.array([k.remission for k in KINDS])
 SPREAD_OF_KIND = np.array([k.spread for k in KINDS])
 
@@ -195,6 +204,36 @@ NUSCENES_STYLE = Style(
                 "personal-mobility": 0.2, "animal": 0.1, "ambulance": 0.05,
                 "police-car": 0.08},
     left_hand=False,
+)
+
+# A university campus as in SemanticPOSS (Peking University): narrow roads
+# shared with many pedestrians (alone and in groups), cyclists and rows of
+# parked bicycles; wide sidewalks, lawns, hedges and trees everywhere;
+# buildings set back; bins, kerb stones and fences.
+POSS_STYLE = Style(
+    name="semanticposs",
+    road_width=(5.0, 7.0),
+    lanes_each_way=(1, 1),
+    parking_prob=0.25,
+    sidewalk_width=(2.5, 5.0),
+    verge_width=(1.0, 4.0),
+    verge_paved_prob=0.15,
+    block_length=(20.0, 50.0),
+    frontage_probs={"building": 0.45, "garden": 0.2, "park": 0.3, "parking_lot": 0.05},
+    setback=(2.0, 8.0),
+    building_height=(8.0, 25.0),
+    tree_spacing=(3.0, 7.0),
+    tree_prob=0.95,
+    pole_spacing=(25.0, 45.0),
+    sign_prob=0.25,
+    parked_car_gap=(1.0, 8.0),
+    moving_per_100m=1.0,
+    pedestrians_per_100m=20.0,
+    cross_street_every=(70.0, 150.0),
+    street_end=(25.0, 50.0),
+    greenery=1.0,
+    object_mix={"person-group": 6.0, "bicyclist": 5.0, "bicycle-row": 3.0, "bicycle": 3.0,
+                "motorcyclist": 0.5, "trash-bin": 2.0, "stone": 3.0, "traffic-cone": 0.5},
 )
 
 
@@ -311,6 +350,22 @@ def place_vehicle(w: World, rng: np.random.Generator, kind: str, x: float, y: fl
 def place_person(w: World, kind: str, x: float, y: float, height: float = 1.75) -> None:
     """An upright ellipsoid body and a sphere head."""
     w_id = w.new_thing(kind, x, y, 0.0, (0.5, 0.6, height), 0.0)
+    _body(w, kind, w_id, x, y, height)
+
+
+def place_group(w: World, rng: np.random.Generator, x: float, y: float, size: int) -> None:
+    """``size`` people side by side, one instance of the kind ``person-group``
+    (SemanticPOSS labels people too close to tell apart as "2+ persons")."""
+    heading = rng.uniform(0, math.pi)
+    gap = rng.uniform(0.5, 0.75)
+    heights = rng.uniform(1.55, 1.9, size)
+    w_id = w.new_thing("person-group", x, y, 0.0, (gap * (size - 1) + 0.5, 0.6, float(heights.max())), heading)
+    for i, h in enumerate(heights):
+        px, py = _local(x, y, heading, (i - (size - 1) / 2) * gap, rng.normal(0, 0.1))
+        _body(w, "person-group", w_id, px, py, float(h))
+
+
+def _body(w: World, kind: str, w_id: int, x: float, y: float, height: float) -> None:
     body_h = height * 0.85
     w.add(ELLIPSOID, K[kind], w_id, (x, y, body_h / 2), (0.22, 0.28, body_h / 2))
     w.add(ELLIPSOID, K[kind], w_id, (x, y, body_h + 0.12), (0.11, 0.11, 0.13))
@@ -339,7 +394,8 @@ def place_small(w: World, rng: np.random.Generator, kind: str, x: float, y: floa
     dims = {"barrier": (2.0, 0.4, 1.0), "traffic-cone": (0.4, 0.4, 0.7),
             "trash-bin": (0.6, 0.6, 1.1), "bicycle-rack": (3.0, 0.5, 0.8),
             "debris": (0.8, 0.6, 0.3), "animal": (0.8, 0.3, 0.6), "stroller": (0.9, 0.6, 1.0),
-            "wheelchair": (1.0, 0.7, 1.3), "personal-mobility": (1.0, 0.5, 1.7)}[kind]
+            "wheelchair": (1.0, 0.7, 1.3), "personal-mobility": (1.0, 0.5, 1.7),
+            "stone": (0.6, 0.4, 0.45)}[kind]
     w_id = w.new_thing(kind, x, y, 0.0, dims, yaw)
     if kind == "traffic-cone":
         w.add(ELLIPSOID, K[kind], w_id, (x, y, 0.0), (0.2, 0.2, dims[2]))
@@ -683,6 +739,16 @@ def _place_rare(w: World, style: Style, rng: np.random.Generator, kind: str, x: 
         y = s * (half - rng.uniform(0.3, 1.5))
         for k in range(int(rng.integers(1, 5))):
             place_small(w, rng, kind, x + k * (2.1 if kind == "barrier" else 1.5), y, 0.0)
+    elif kind == "stone":  # kerb stones / bollards in a row at the road edge
+        y = s * (half + rng.uniform(0.1, 0.5))
+        for k in range(int(rng.integers(1, 6))):
+            place_small(w, rng, kind, x + k * rng.uniform(1.2, 2.5), y, rng.normal(0, 0.2))
+    elif kind == "person-group":  # on the sidewalk or the road edge
+        place_group(w, rng, x, s * (half + rng.uniform(-0.8, 3.5)), int(rng.integers(2, 5)))
+    elif kind == "bicycle-row":  # parked side by side, across the sidewalk
+        y = s * (half + rng.uniform(1.0, 3.0))
+        for k in range(int(rng.integers(3, 11))):
+            place_cycle(w, rng, "bicycle", x + k * rng.uniform(0.55, 0.8), y, math.pi / 2 + rng.normal(0, 0.1))
     else:
         y = s * (half + rng.uniform(0.3, 2.5))
         place_small(w, rng, kind, x, y, rng.uniform(0, math.pi))

@@ -1,4 +1,5 @@
-"""Writers for the two on-disk formats: SemanticKITTI sequences and a nuScenes tree.
+"""Writers for the two on-disk formats: SemanticKITTI sequences (also
+SemanticPOSS's layout) and a nuScenes tree.
 
 SemanticKITTI (``<out>/sequences/NN/``): ``velodyne/NNNNNN.bin`` float32
 (x, y, z, remission), ``labels/NNNNNN.label`` uint32 (instance << 16 | raw
@@ -49,13 +50,13 @@ def _fmt(values: Sequence[float]) -> str:
     return " ".join(f"{v:.12e}" for v in values)
 
 
-def write_kitti_scan(seq_dir: str, index: int, xyz: np.ndarray, remission: np.ndarray,
+def write_kitti_scan(seq_dir: str, index: int, xyz: np.ndarray, intensity: np.ndarray,
                      labels: np.ndarray = None) -> None:
-    """One ``velodyne/NNNNNN.bin`` (and ``labels/NNNNNN.label`` when given)."""
+    """One ``velodyne/NNNNNN.bin`` (and ``labels/NNNNNN.label`` when given);
+    ``intensity`` on the dataset's own scale, as it is written."""
     pts = np.empty((xyz.shape[0], 4), np.float32)
     pts[:, :3] = xyz
-    # KITTI remission has two decimals
-    pts[:, 3] = np.round(remission, 2)
+    pts[:, 3] = intensity
     os.makedirs(os.path.join(seq_dir, "velodyne"), exist_ok=True)
     pts.tofile(os.path.join(seq_dir, "velodyne", f"{index:06d}.bin"))
     if labels is not None:
