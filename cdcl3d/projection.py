@@ -27,6 +27,14 @@ The kernel evaluates the angles with branch-free polynomials and redoes
 with libm every point whose pixel the approximation could get wrong, so the
 pixels equal the formula's exactly (tested against a numpy implementation).
 
+Elevation-table mode (``elevations``: one elevation per beam, degrees, any
+order): for sensors whose beams are not evenly spaced (Hesai Pandora /
+Pandar40: 1 deg steps at the edges, 1/3 deg near the horizon; Ouster
+"gradient" beam spacing) the row is the beam whose elevation is nearest to
+the point's pitch ``asin(z / depth)`` (found by a binary search in the sorted
+table; a pitch exactly half-way goes to the upper beam), row 0 the highest
+beam; the height is the number of beams. The column is the formula's.
+
 Ring mode (``use_ring=True``): the row is the ring index of column 4,
 rounded (or
 ``height - 1 - ring`` with ``ring_flip=True``); the column still comes from
@@ -63,12 +71,18 @@ from numba import njit
 
 IGNORE_INDEX = 255
 
+#: Profile fields beyond :class:`RangeProjection`'s: ``intensity_scale`` (what
+#: intensity is divided by to lie in 0..1; the voxel features use it) and
+#: ``mount_height`` (metres above the ground; None where not published).
+PROFILE_ONLY = ("intensity_scale", "mount_height")
+
 #: SemanticKITTI HDL-64E, SalsaNext's published sensor statistics.
 KITTI_SENSOR: Dict[str, Any] = dict(
     height=64, width=2048, fov_up=3.0, fov_down=-25.0, use_ring=False, ring_flip=False,
     ego_radius=0.0,
     means=(12.12, 10.88, 0.23, -1.04, 0.21),
     stds=(12.32, 11.47, 6.91, 0.86, 0.16),
+    intensity_scale=1.0, mount_height=1.73,
 )
 
 #: nuScenes HDL-32E (LIDAR_TOP frame: x right, y forward, z up; intensity 0..255).
@@ -80,6 +94,22 @@ NUSCENES_SENSOR: Dict[str, Any] = dict(
     ego_radius=1.0,  # the ego vehicle stays out of the image (see the module docstring)
     means=(10.0, 0.0, 0.0, -1.0, 18.0),
     stds=(11.0, 10.0, 10.0, 1.6, 22.0),
+    intensity_scale=255.0, mount_height=1.84,
+)
+
+#: Hesai Pandora's 40 beam elevations (its Pandar40), degrees, top to bottom:
+#: +7..+2 in 1 deg steps, 1/3 deg steps down to -6, then 1 deg steps to -16.
+PANDORA_ELEVATIONS = tuple([7.0 - i for i in range(6)] + [round(2.0 - i / 3.0, 4) for i in range(1, 24)]
+                           + [-6.0 - i for i in range(11)])
+
+#: SemanticPOSS's Hesai Pandora: 40 non-uniform beams (+7 to -16 deg), 40 x 1800
+#: images, the per-channel statistics published for them; intensity 0..255.
+PANDORA_SENSOR: Dict[str, Any] = dict(
+    height=40, width=1800, elevations=PANDORA_ELEVATIONS, use_ring=False, ring_flip=False,
+    ego_radius=0.0,
+    means=(22.27, 0.51, 1.57, -0.64, 13.88),
+    stds=(17.74, 17.42, 22.22, 1.64, 14.09),
+    intensity_scale=255.0, mount_height=None,
 )
 
 
@@ -160,10 +190,16 @@ def _exact_col(xd, yd, width):
 
 
 @njit(cache=True, nogil=True)
+def _pitch(z, r):
+    """asin(z / r) with libm, float64; 0 at zero range."""
+    sn = np.float64(z) / np.float64(r) if r > 0 else 0.0
+    return math.asin(min(1.0, max(-1.0, sn)))
+
+
+@njit(cache=True, nogil=True)
 def _exact_row(z, r, height, fov_up, fov_down):
     """The reference row formula with libm (slow path); pitch 0 at zero range."""
-    sn = np.float64(z) / np.float64(r) if r > 0 else 0.0
-    pitch = math.asin(min(1.0, max(-1.0, sn)))
+    pitch = _pitch(z, r)
     vr = (1.0 - (pitch - fov_down) / (fov_up - fov_down)) * height
     return min(max(math.floor(vr), 0), height - 1)
 
@@ -172,7 +208,7 @@ def _exact_row(z, r, height, fov_up, fov_down):
 # the arithmetic loops (a zero range gives inf/nan there, flagged and redone).
 @njit(cache=True, nogil=True, error_model="numpy")
 def _project_kernel(points, labels, has_labels, height, width, fov_up, fov_down,
-                    use_ring, ring_flip, means, stds, eps_col, eps_row, ego_radius, exclude):
+                    use_ring, ring_flip, means, stds, eps_col, eps_row, ego_radius, exclude, elevations):
     n = points.shape[0]
     fov = fov_up - fov_down
     proj_row = np.empty(n, dtype=np.int64)
@@ -221,6 +257,23 @@ def _project_kernel(points, labels, has_labels, height, width, fov_up, fov_down,
                 row = 0
             proj_row[i] = (height - 1 - row) if ring_flip else row
         for i in range(n):
+            if redo[i]:
+                proj_col[i] = _exact_col(np.float64(xs[i]), np.float64(ys[i]), width)
+    elif elevations.shape[0] > 0:
+        # row: the beam of the nearest elevation (``elevations`` ascending, radians)
+        top = elevations.shape[0] - 1
+        for i in range(n):
+            pitch = _pitch(zs[i], rng[i])
+            j = np.searchsorted(elevations, pitch)
+            if j == 0:
+                k = 0
+            elif j > top:
+                k = top
+            elif elevations[j] - pitch <= pitch - elevations[j - 1]:
+                k = j
+            else:
+                k = j - 1
+            proj_row[i] = top - k  # row 0: the highest beam
             if redo[i]:
                 proj_col[i] = _exact_col(np.float64(xs[i]), np.float64(ys[i]), width)
     else:
@@ -313,14 +366,26 @@ class RangeProjection:
     module docstring.
     """
 
-    def __init__(self, height: int, width: int, fov_up: float, fov_down: float,
-                 use_ring: bool = False,
+    def __init__(self, height: int, width: int, fov_up: Optional[float] = None,
+                 fov_down: Optional[float] = None, use_ring: bool = False,
                  means: Sequence[float] = KITTI_SENSOR["means"],
                  stds: Sequence[float] = KITTI_SENSOR["stds"],
-                 ring_flip: bool = False, ego_radius: float = 0.0) -> None:
+                 ring_flip: bool = False, ego_radius: float = 0.0,
+                 elevations: Optional[Sequence[float]] = None) -> None:
         if height <= 0 or width <= 0:
             raise ValueError(f"range image size must be positive, got {height}x{width}")
-        if not use_ring and fov_up <= fov_down:
+        if elevations is not None and use_ring:
+            raise ValueError("elevations and use_ring each choose the row: give one of them")
+        if elevations is not None:
+            table = np.sort(np.asarray(elevations, dtype=np.float64).reshape(-1))
+            if len(table) != height or len(np.unique(table)) != len(table) or not np.isfinite(table).all():
+                raise ValueError(f"elevations must hold one distinct elevation (degrees) per beam, "
+                                 f"{height} for height {height}; got {len(table)}")
+            fov_up, fov_down = float(table[-1]), float(table[0])
+        elif not use_ring and (fov_up is None or fov_down is None):
+            raise ValueError("a linear field of view needs fov_up and fov_down (degrees); "
+                             "give elevations or use_ring instead")
+        elif not use_ring and fov_up <= fov_down:
             raise ValueError(f"fov_up ({fov_up}) must be above fov_down ({fov_down})")
         if len(means) != 5 or len(stds) != 5:
             raise ValueError("means and stds need 5 values (range, x, y, z, intensity)")
@@ -330,8 +395,11 @@ class RangeProjection:
             raise ValueError(f"ego_radius must be >= 0 metres (0 = off), got {ego_radius}")
         self.height = int(height)
         self.width = int(width)
-        self.fov_up = float(fov_up)
-        self.fov_down = float(fov_down)
+        self.fov_up = float(fov_up) if fov_up is not None else 0.0
+        self.fov_down = float(fov_down) if fov_down is not None else 0.0
+        # ascending radians for the kernel's search; empty: the linear field of view
+        self.elevations = (None if elevations is None else tuple(float(e) for e in elevations))
+        self._elev_rad = (np.empty(0) if elevations is None else np.deg2rad(table))
         self.use_ring = bool(use_ring)
         self.ring_flip = bool(ring_flip)
         self.ego_radius = float(ego_radius)
@@ -339,19 +407,22 @@ class RangeProjection:
         self.stds = np.asarray(stds, dtype=np.float32)
         # Pixel-unit guard bands of the fast angle path: the approximation
         # error scaled to pixels, plus float64 rounding of the pixel value.
-        fov = (self.fov_up - self.fov_down) / 180.0 * math.pi if not use_ring else 1.0
+        fov = (self.fov_up - self.fov_down) / 180.0 * math.pi if not use_ring and elevations is None else 1.0
         self._eps_col = 16 * _ANGLE_ERR * self.width / (2 * math.pi) + 1e-12 * self.width
         self._eps_row = 16 * _ANGLE_ERR * self.height / fov + 1e-12 * self.height
 
     @classmethod
     def from_sensor(cls, sensor: Dict[str, Any], **overrides: Any) -> "RangeProjection":
-        """Build from a sensor dict (``KITTI_SENSOR``/``NUSCENES_SENSOR``) with overrides."""
-        return cls(**{**sensor, **overrides})
+        """Build from a sensor profile (``KITTI_SENSOR``, ``NUSCENES_SENSOR``,
+        ``PANDORA_SENSOR``, :func:`cdcl3d.sensors.resolve_sensor`) with overrides;
+        the profile-only fields (:data:`PROFILE_ONLY`) are not the projection's."""
+        return cls(**{k: v for k, v in {**sensor, **overrides}.items() if k not in PROFILE_ONLY})
 
     def __repr__(self) -> str:
-        return (f"RangeProjection({self.height}x{self.width}, fov_up={self.fov_up}, "
-                f"fov_down={self.fov_down}, use_ring={self.use_ring}, ring_flip={self.ring_flip}, "
-                f"ego_radius={self.ego_radius})")
+        rows = (f"elevations={len(self.elevations)} beams" if self.elevations is not None else
+                f"fov_up={self.fov_up}, fov_down={self.fov_down}")
+        return (f"RangeProjection({self.height}x{self.width}, {rows}, use_ring={self.use_ring}, "
+                f"ring_flip={self.ring_flip}, ego_radius={self.ego_radius})")
 
     def near_sensor(self, points: np.ndarray) -> np.ndarray:
         """``(N,)`` bool: the points that ``ego_radius`` keeps out of the image
@@ -390,7 +461,7 @@ class RangeProjection:
          bad_ring) = _project_kernel(points, lab, labels is not None, self.height, self.width,
                                      fov_up, fov_down, self.use_ring, self.ring_flip,
                                      self.means, self.stds, self._eps_col, self._eps_row,
-                                     self.ego_radius, out_mask)
+                                     self.ego_radius, out_mask, self._elev_rad)
         if bad_ring >= 0:
             raise ValueError(f"ring index {points[bad_ring, 4]} of point {bad_ring} is outside "
                              f"0..{self.height - 1} (range image height {self.height})")

@@ -1,8 +1,13 @@
-"""Predictions in each benchmark's own submission format.
+"""Predictions in each benchmark's own submission format; each dataset type's
+row (:mod:`cdcl3d.datasets.specs`) names its writer. A writer has
+``write(sample_id, train_ids)``, ``close()`` and ``report()`` (after close:
+print the official score where one can be computed here).
 
-* SemanticKITTI: ``OUT/sequences/NN/predictions/NNNNNN.label``, uint32 raw
-  label ids (the inverse learning map), one per point, as the official
-  ``validate_submission.py`` / ``evaluate_semantics.py`` expect.
+* SemanticKITTI's layout (SemanticKITTI, SemanticPOSS, ``kitti_format``):
+  ``OUT/sequences/NN/predictions/NNNNNN.label``, uint32 raw label ids (the
+  label yaml's inverse learning map; a class of several raw ids writes its
+  first), one per point, as the official ``validate_submission.py`` /
+  ``evaluate_semantics.py`` expect.
 * nuScenes-lidarseg: ``OUT/lidarseg/<split>/<sample_data token>_lidarseg.bin``
   (uint8 challenge ids 1..16; 0 is forbidden in a prediction) and
   ``OUT/<split>/submission.json`` with the challenge's ``meta`` block, where
@@ -22,7 +27,7 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 
-class SemanticKittiWriter:
+class KittiFormatWriter:
     def __init__(self, out_dir: str, label_map: Any) -> None:
         self.out_dir, self.label_map = out_dir, label_map
 
@@ -38,6 +43,9 @@ class SemanticKittiWriter:
     def close(self) -> None:
         pass
 
+    def report(self) -> None:
+        pass
+
 
 class NuScenesWriter:
     META = {"use_camera": False, "use_lidar": True, "use_radar": False, "use_map": False,
@@ -46,7 +54,7 @@ class NuScenesWriter:
     def __init__(self, out_dir: str, reader: Any, meta: Dict[str, bool] = None) -> None:
         from .datasets.nuscenes import _split_name
 
-        self.out_dir = out_dir
+        self.out_dir, self.reader = out_dir, reader
         self.split = _split_name(reader.version, reader.split)
         self.bin_dir = os.path.join(out_dir, "lidarseg", self.split)
         os.makedirs(self.bin_dir, exist_ok=True)
@@ -65,6 +73,11 @@ class NuScenesWriter:
         os.makedirs(meta_dir, exist_ok=True)
         with open(os.path.join(meta_dir, "submission.json"), "w", encoding="utf-8") as f:
             json.dump({"meta": self.meta}, f, indent=2)
+
+    def report(self) -> None:
+        """A labelled split's predictions: the devkit's score, printed."""
+        if self.reader.has_labels:
+            report_nuscenes_score(self.out_dir, self.reader)
 
 
 def score_nuscenes(out_dir: str, reader: Any) -> Optional[Dict[str, Any]]:

@@ -52,8 +52,9 @@ def fuse_batches(batches: Mapping[str, Batch]) -> Batch:
     """Concatenate the batches of several datasets along dim 0.
 
     Tensors are concatenated where every batch has them with the same trailing
-    shape; lists are joined; anything else is dropped from the fused batch
-    (criteria still receive each dataset's own batch).
+    shape; lists are joined; a string every batch holds alike (what the batch
+    is, e.g. its representation) stays; anything else is dropped from the
+    fused batch (criteria still receive each dataset's own batch).
     """
     first = next(iter(batches.values()))
     fused: Batch = {}
@@ -68,6 +69,8 @@ def fuse_batches(batches: Mapping[str, Batch]) -> Batch:
                                  "use train.mode=dat")
         elif all(isinstance(v, list) for v in values):
             fused[key] = [x for v in values for x in v]
+        elif isinstance(values[0], str) and all(v == values[0] for v in values):
+            fused[key] = values[0]
     return fused
 
 

@@ -165,7 +165,7 @@ def test_predict_nuscenes_val_prints_the_devkit_miou_equal_to_cdcls_own(lidar, c
     from nuscenes.eval.lidarseg.evaluate import LidarSegEval
 
     from common.cli import main
-    from cdcl3d.task import _nusc_cache
+    from cdcl3d.datasets.nuscenes import cached_nuscenes as _nusc_cache
 
     capsys.readouterr()
     pred = tmp_path / "nusc"

@@ -101,7 +101,7 @@ def test_predict_nuscenes_val_is_scored_by_the_devkit(trained, data_root, tmp_pa
     from nuscenes.eval.lidarseg.validate_submission import validate_submission
 
     from common.cli import main
-    from cdcl3d.task import _nusc_cache
+    from cdcl3d.datasets.nuscenes import cached_nuscenes as _nusc_cache
 
     cfg, ckpt, work = trained
     out = tmp_path / "nusc"

@@ -20,6 +20,7 @@ split without scans are ``DataError`` naming the file or the tables' folder.
 """
 from __future__ import annotations
 
+import functools
 import glob
 import json
 import logging
@@ -27,37 +28,24 @@ import os
 from typing import Any, Dict, List, Optional
 
 import numpy as np
-import torch
 
 from common.errors import DataError
 
+from . import base
 from .base import ScanReader
 from .labelmap import NuScenesLabelMap, nuscenes_challenge_classes
 
 logger = logging.getLogger(__name__)
 
-POINT_BYTES = 20  # 5 x float32
-
 
 def read_points(path: str) -> np.ndarray:
     """Read a nuScenes ``.pcd.bin`` as ``(N, 5)`` float32 (x, y, z, intensity, ring)."""
-    size = os.path.getsize(path)
-    if size % POINT_BYTES != 0:
-        raise DataError(f"{path}: size {size} bytes is not a multiple of {POINT_BYTES} "
-                        "(5 float32 per point)")
-    points = np.fromfile(path, dtype=np.float32).reshape(-1, 5)
-    if not np.isfinite(points).all():
-        bad = int((~np.isfinite(points)).any(axis=1).sum())
-        raise DataError(f"{path}: {bad} point(s) with NaN or infinite values")
-    return points
+    return base.read_points(path, 5)
 
 
 def read_labels(path: str, num_points: int) -> np.ndarray:
     """Read a lidarseg ``.bin`` as ``(N,)`` uint8 fine ids; checks the count."""
-    labels = np.fromfile(path, dtype=np.uint8)
-    if labels.shape[0] != num_points:
-        raise DataError(f"{path}: {labels.shape[0]} labels but the scan has {num_points} points")
-    return labels
+    return base.read_labels(path, num_points, np.uint8)
 
 
 def load_nuscenes(root: str, version: str) -> Any:
@@ -71,6 +59,19 @@ def load_nuscenes(root: str, version: str) -> Any:
         return NuScenes(version=version, dataroot=root, verbose=False)
     except (ValueError, TypeError, KeyError, IndexError, AttributeError, AssertionError) as exc:
         raise DataError(_table_problem(os.path.join(root, version), exc)) from exc
+
+
+@functools.lru_cache(maxsize=4)
+def cached_nuscenes(root: str, version: str) -> Any:
+    """One devkit database per (root, version), shared by the splits; missing
+    tables are a FileNotFoundError, tables it cannot load a DataError naming the file."""
+    table_root = os.path.join(root, version)
+    if not os.path.isdir(table_root):
+        raise FileNotFoundError(f"nuScenes tables not found: {table_root} (expected <root>/{version}/*.json)")
+    if not version.endswith("test") and not os.path.isfile(os.path.join(table_root, "lidarseg.json")):
+        raise FileNotFoundError(f"nuScenes root {root} has no lidarseg annotations "
+                                f"({os.path.join(table_root, 'lidarseg.json')} missing)")
+    return load_nuscenes(root, version)
 
 
 def _table_problem(table_root: str, exc: Exception) -> str:
@@ -107,6 +108,8 @@ class NuScenesLidarSeg(ScanReader):
     """
 
     kind = "nuScenes"
+    point_columns = 5
+    label_dtype = np.uint8
 
     num_classes = 16
 
@@ -178,19 +181,5 @@ class NuScenesLidarSeg(ScanReader):
         state["nusc"] = None
         return state
 
-    def load(self, index: int) -> Dict[str, Any]:
-        """Read sample ``index`` (raises on bad data whatever ``on_bad_sample`` says)."""
-        s = self.samples[index]
-        if s.get("error"):
-            raise DataError(s["error"])
-        points = read_points(s["points"])
-        labels = None
-        if s["labels"] is not None:
-            fine = read_labels(s["labels"], points.shape[0])
-            try:
-                labels = self.label_map.to_train(fine)
-            except ValueError as exc:
-                raise DataError(f"{s['labels']}: {exc}") from None
-        return {"points": points, "labels": labels, "dataset": self.name,
-                "id": s["token"], "token": s["token"], "path": s["points"]}
-
+    def item_fields(self, sample: Dict[str, Any]) -> Dict[str, Any]:
+        return {"token": sample["token"]}

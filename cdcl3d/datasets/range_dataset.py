@@ -1,4 +1,4 @@
-"""Range images from any LiDAR reader (SemanticKITTI, nuScenes-lidarseg)."""
+"""Range images from any LiDAR reader."""
 from __future__ import annotations
 
 from typing import Any, Dict, List, Optional
@@ -28,6 +28,8 @@ class RangeImageDataset(torch.utils.data.Dataset):
     count (less augmentation dropout); with augmentation they are chosen on
     the scan as read, in the sensor frame, before it is rotated or moved.
     """
+
+    representation = "range"  # its row in cdcl3d.representations
 
     def __init__(self, base: torch.utils.data.Dataset, projection: RangeProjection,
                  augment: Optional[Dict[str, Any]] = None) -> None:

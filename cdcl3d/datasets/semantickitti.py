@@ -1,4 +1,5 @@
-"""SemanticKITTI reader.
+"""Readers of SemanticKITTI's on-disk layout (SemanticKITTI, SemanticPOSS,
+any ``kitti_format`` dataset with its label yaml).
 
 Layout: ``<root>/sequences/NN/velodyne/NNNNNN.bin`` (float32 x, y, z,
 remission) and ``<root>/sequences/NN/labels/NNNNNN.label`` (uint32, low 16 bits
@@ -19,106 +20,80 @@ import os
 from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
-import torch
 
 from common.errors import DataError
 
+from . import base
 from .base import ScanReader
-from .labelmap import SemanticKittiLabelMap
+from .labelmap import KittiFormatLabelMap, SemanticKittiLabelMap
 
 logger = logging.getLogger(__name__)
-
-POINT_BYTES = 16  # 4 x float32
-LABEL_BYTES = 4  # uint32
-
-
-def _check_finite(points: np.ndarray, path: str) -> None:
-    if not np.isfinite(points).all():
-        bad = int((~np.isfinite(points)).any(axis=1).sum())
-        raise DataError(f"{path}: {bad} point(s) with NaN or infinite values")
 
 
 def read_points(path: str) -> np.ndarray:
     """Read a SemanticKITTI ``.bin`` scan as a ``(N, 4)`` float32 array."""
-    size = os.path.getsize(path)  # FileNotFoundError names the path
-    if size % POINT_BYTES != 0:
-        raise DataError(f"{path}: size {size} bytes is not a multiple of {POINT_BYTES} "
-                        "(4 float32 per point)")
-    points = np.fromfile(path, dtype=np.float32).reshape(-1, 4)
-    _check_finite(points, path)
-    return points
+    return base.read_points(path, 4)
 
 
 def read_labels(path: str, num_points: int) -> np.ndarray:
     """Read a ``.label`` file as ``(N,)`` uint32 raw ids; checks the count."""
-    size = os.path.getsize(path)
-    if size % LABEL_BYTES != 0:
-        raise DataError(f"{path}: size {size} bytes is not a multiple of {LABEL_BYTES} (uint32)")
-    labels = np.fromfile(path, dtype=np.uint32)
-    if labels.shape[0] != num_points:
-        raise DataError(f"{path}: {labels.shape[0]} labels but the scan has {num_points} points")
-    return labels
+    return base.read_labels(path, num_points, np.uint32)
 
 
-class SemanticKITTI(ScanReader):
-    """SemanticKITTI scans with training labels (0..18, ignore 255).
+class KittiFormatReader(ScanReader):
+    """Scans in SemanticKITTI's layout with training labels (0..K-1, ignore 255)
+    through ``label_map`` (a :class:`~cdcl3d.datasets.labelmap.KittiFormatLabelMap`,
+    whose ``split`` names the sequences of each split; ``sequences`` overrides it).
 
     Item: ``dict(points=(N, 4) float32, labels=(N,) int64 or None, dataset,
-    id='08/000123', sequence, frame, path)``.
+    id='08/000123', sequence, frame, path)``. The ``test`` split has no labels.
     """
 
-    kind = "SemanticKITTI"
+    kind = "KITTI-format"
 
-    num_classes = 19
-
-    def __init__(self, root: str, split: str = "train", sequences: Optional[Sequence[str]] = None,
-                 on_bad_sample: str = "raise", name: str = "semantickitti") -> None:
+    def __init__(self, root: str, label_map: KittiFormatLabelMap, split: str = "train",
+                 sequences: Optional[Sequence[str]] = None, on_bad_sample: str = "raise",
+                 name: str = "kitti_format") -> None:
         super().__init__(root, name, on_bad_sample)
+        self.kind = label_map.title or self.kind
         self.split = split
-        self.label_map = SemanticKittiLabelMap()
-        self.class_names: List[str] = list(self.label_map.class_names)
-        seqs = self.label_map.split(split) if sequences is None else [f"{int(s):02d}" for s in sequences]
+        self.label_map = label_map
+        self.class_names: List[str] = list(label_map.class_names)
+        self.num_classes = label_map.num_classes
+        seqs = label_map.split(split) if sequences is None else [f"{int(s):02d}" for s in sequences]
         self.sequences = seqs
         self.has_labels = split != "test"
 
         seq_root = os.path.join(self.root, "sequences")
-        self.samples: List[Dict[str, str]] = []
         for seq in seqs:
             seq_dir = os.path.join(seq_root, seq)
             velo_dir = os.path.join(seq_dir, "velodyne")
             if not os.path.isdir(velo_dir):
-                raise FileNotFoundError(f"SemanticKITTI sequence folder not found: {velo_dir} "
+                raise FileNotFoundError(f"{self.kind} sequence folder not found: {velo_dir} "
                                         f"(split {split!r} needs sequences {', '.join(seqs)})")
             frames = sorted(f[:-4] for f in os.listdir(velo_dir) if f.endswith(".bin"))
             for frame in frames:
                 self.samples.append({
                     "sequence": seq, "frame": frame,
                     "points": os.path.join(velo_dir, frame + ".bin"),
-                    "labels": os.path.join(seq_dir, "labels", frame + ".label"),
+                    "labels": os.path.join(seq_dir, "labels", frame + ".label") if self.has_labels else None,
                 })
         if not self.samples:
             folders = [os.path.join(seq_root, seq, "velodyne") for seq in seqs]
             others = f" nor in those of sequences {', '.join(seqs[1:])}" if len(seqs) > 1 else ""
-            raise DataError(f"SemanticKITTI split {split!r} has no scans: no *.bin in {folders[0]}{others}")
+            raise DataError(f"{self.kind} split {split!r} has no scans: no *.bin in {folders[0]}{others}")
 
     def sample_id(self, index: int) -> str:
         s = self.samples[index]
         return f"{s['sequence']}/{s['frame']}"
 
-    def load(self, index: int) -> Dict[str, Any]:
-        """Read scan ``index`` (raises on bad data whatever ``on_bad_sample`` says)."""
-        s = self.samples[index]
-        points = read_points(s["points"])
-        labels = None
-        if self.has_labels:
-            if not os.path.isfile(s["labels"]):
-                raise DataError(f"{s['labels']}: label file missing (scan {s['points']})")
-            raw = read_labels(s["labels"], points.shape[0])
-            try:
-                labels = self.label_map.to_train(raw)
-            except ValueError as exc:
-                raise DataError(f"{s['labels']}: {exc}") from None
-        return {"points": points, "labels": labels, "dataset": self.name,
-                "id": f"{s['sequence']}/{s['frame']}", "sequence": s["sequence"],
-                "frame": s["frame"], "path": s["points"]}
+    def item_fields(self, sample: Dict[str, Any]) -> Dict[str, Any]:
+        return {"sequence": sample["sequence"], "frame": sample["frame"]}
 
+
+class SemanticKITTI(KittiFormatReader):
+    """SemanticKITTI (its official label yaml: 19 classes)."""
+
+    def __init__(self, root: str, split: str = "train", sequences: Optional[Sequence[str]] = None,
+                 on_bad_sample: str = "raise", name: str = "semantickitti") -> None:
+        super().__init__(root, SemanticKittiLabelMap(), split, sequences, on_bad_sample, name)

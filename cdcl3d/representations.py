@@ -1,0 +1,149 @@
+"""How a scan reaches the network: one row per representation.
+
+* ``range``: spherical range images (:class:`~cdcl3d.datasets.range_dataset.RangeImageDataset`)
+  for SalsaNext; predictions go back to the points through each point's pixel
+  (optionally KNN).
+* ``voxel``: the points themselves, voxelised in the collate
+  (:func:`cdcl3d.voxel.collate_sparse`) for the sparse U-Net; predictions
+  go back through each point's voxel.
+
+Every collated batch names its row (``batch["representation"]``), so
+:class:`~cdcl3d.task.LidarTask` runs and reads it without looking at its keys.
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+
+Batch = Dict[str, Any]
+#: per-scan predictions, per-scan KNN predictions (or None), dense argmax (or None)
+Predictions = Tuple[List[torch.Tensor], Optional[List[torch.Tensor]], Optional[torch.Tensor]]
+
+
+@dataclass(frozen=True)
+class Representation:
+    """One representation.
+
+    * ``dataset(reader, sensor, augment)``: the training/evaluation dataset
+      over a reader (``sensor``: the resolved profile, ``augment``: point
+      augmentation or None).
+    * ``collate(cfg, sensor)``: the DataLoader's collate function for
+      ``data.<name>`` = ``cfg``; its batches carry ``representation``.
+    * ``forward(model, batch)``: the logits.
+    * ``predict(model, batch, knn)``: :data:`Predictions` (``knn``: a
+      :class:`~cdcl3d.knn.KNNPostProcess` or None).
+    * ``point_labels(batch)``, ``sample_ids(batch)``: per scan.
+    * ``input_shape(sensor)``: one input ``(C, ...)`` (FLOPs, export);
+      NotImplementedError where there is no dense input.
+    * ``dense``: a batch holds one dense image per scan: batches of several
+      datasets stack into one tensor (``train.mode: fused``), KNN
+      post-processing votes in it, TensorBoard shows it.
+    """
+
+    name: str
+    dataset: Callable[[Any, Dict[str, Any], Optional[Dict[str, Any]]], torch.utils.data.Dataset]
+    collate: Callable[[Dict[str, Any], Dict[str, Any]], Callable[[List[Dict[str, Any]]], Batch]]
+    forward: Callable[[torch.nn.Module, Batch], Any]
+    predict: Callable[[torch.nn.Module, Batch, Any], Predictions]
+    point_labels: Callable[[Batch], List[torch.Tensor]]
+    sample_ids: Callable[[Batch], List[Any]]
+    input_shape: Callable[[Dict[str, Any]], tuple]
+    dense: bool
+
+
+def _tagged(collate: Callable[[List[Dict[str, Any]]], Batch], name: str, items: List[Dict[str, Any]]) -> Batch:
+    batch = collate(items)
+    batch["representation"] = name
+    return batch
+
+
+# -- range images ------------------------------------------------------------------------
+
+def _range_dataset(reader, sensor, augment):
+    from .datasets.range_dataset import RangeImageDataset
+    from .projection import RangeProjection
+    return RangeImageDataset(reader, RangeProjection.from_sensor(sensor), augment=augment)
+
+
+def _range_collate(cfg, sensor):
+    from .datasets.range_dataset import collate_range
+    return functools.partial(_tagged, collate_range, "range")
+
+
+def _range_predict(model, batch, knn) -> Predictions:
+    argmax = model(batch["inputs"]).argmax(1)  # (B, H, W)
+    plain, voted = [], []
+    for b in range(argmax.shape[0]):
+        rows, cols = batch["proj_row"][b], batch["proj_col"][b]
+        plain.append(argmax[b][rows, cols])
+        if knn is not None:
+            voted.append(knn(batch["proj_range"][b], batch["range"][b], argmax[b], cols, rows))
+    return plain, (voted if knn is not None else None), argmax
+
+
+# -- voxels ------------------------------------------------------------------------------
+
+class PointsDataset(torch.utils.data.Dataset):
+    """Reader items for the voxel representation (optionally augmented)."""
+
+    representation = "voxel"
+
+    def __init__(self, base, augment: Optional[Dict[str, Any]]) -> None:
+        self.base, self.augment = base, augment
+        self.class_names, self.ignore_index = base.class_names, base.ignore_index
+        self.num_classes = len(base.class_names)
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int) -> Dict[str, Any]:
+        item = dict(self.base[i])
+        if self.augment and "skipped" not in item:  # a skipped item passes as it is
+            from .augment import augment_points
+            rng = np.random.default_rng(np.random.randint(2 ** 31))
+            pts, keep = augment_points(item["points"], rng, **self.augment)
+            item["points"] = pts
+            if item.get("labels") is not None:
+                item["labels"] = item["labels"][keep]
+        return item
+
+
+def _voxel_collate(cfg, sensor):
+    from .voxel import collate_sparse
+    scale = float(cfg.get("intensity_scale", sensor["intensity_scale"]))
+    return functools.partial(_tagged, functools.partial(collate_sparse, voxel_size=cfg.get("voxel_size", 0.2),
+                                                        intensity_scale=scale), "voxel")
+
+
+def _split_points(x: torch.Tensor, batch: Batch) -> List[torch.Tensor]:
+    offsets = [int(o) for o in batch["offsets"]]  # (B+1,) starts of each scan's points
+    return [x[offsets[i]:offsets[i + 1]] for i in range(len(offsets) - 1)]
+
+
+def _voxel_predict(model, batch, knn) -> Predictions:
+    if batch["voxel_feats"].shape[0] == 0:  # only empty scans: nothing to run
+        return _split_points(batch["point2voxel"].new_zeros(0), batch), None, None
+    return _split_points(model(batch).argmax(1), batch), None, None
+
+
+def _no_dense_input(sensor):
+    raise NotImplementedError("the sparse voxel network has no dense input shape "
+                              "(no FLOP count or ONNX export through spconv)")
+
+
+REPRESENTATIONS: Dict[str, Representation] = {
+    "range": Representation(
+        name="range", dataset=_range_dataset, collate=_range_collate,
+        forward=lambda model, batch: model(batch["inputs"]), predict=_range_predict,
+        point_labels=lambda batch: list(batch["points_labels"]), sample_ids=lambda batch: batch["id"],
+        input_shape=lambda sensor: (5, int(sensor["height"]), int(sensor["width"])), dense=True),
+    "voxel": Representation(
+        name="voxel", dataset=lambda reader, sensor, augment: PointsDataset(reader, augment),
+        collate=_voxel_collate, forward=lambda model, batch: model(batch), predict=_voxel_predict,
+        point_labels=lambda batch: _split_points(batch["labels"], batch), sample_ids=lambda batch: batch["ids"],
+        input_shape=_no_dense_input, dense=False),
+}
