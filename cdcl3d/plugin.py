@@ -34,3 +34,16 @@ def register() -> None:
         _show_args, _show_run,
         example="cdcl show configs/3d/synth_cdcl.yaml --dataset nuscenes --index 0 "
                 "--checkpoint work_dirs/synth_cdcl/checkpoints/latest.pth --color error --png err.png"))
+
+    def _stats_args(p):
+        from .sensor_stats import add_arguments
+        add_arguments(p)
+
+    def _stats_run(args):
+        from .sensor_stats import run
+        return run(args)
+
+    COMMANDS.register("sensor-stats", Command(
+        "measure a LiDAR's range-image means/stds on a dataset and print the sensor: block to paste",
+        _stats_args, _stats_run,
+        example="cdcl sensor-stats configs/3d/synth_single_semanticposs.yaml --dataset semanticposs --max-scans 50"))
