@@ -68,10 +68,21 @@ def test_bn_follows_activation():
         assert seen[id(bn)] is seen[id(act)]
 
 
-def test_bad_input_size_raises():
+def test_any_image_size_is_padded_and_cropped_back():
+    """A 40-beam sensor's image (not a multiple of 16) runs as if it had empty rows
+    (zeros) below it and columns to the right of it."""
+    torch.manual_seed(0)
+    model = build_salsanext(num_classes=4, width=0.25).eval()
+    x = torch.randn(1, 5, 40, 72)
+    out = model(x)
+    assert out.shape == (1, 4, 40, 72)
+    padded = torch.zeros(1, 5, 48, 80)
+    padded[..., :40, :72] = x
+    torch.testing.assert_close(out, model(padded)[..., :40, :72])
+
+
+def test_bad_input_raises():
     model = build_salsanext(num_classes=4, width=0.25)
-    with pytest.raises(ValueError, match="multiples of 16"):
-        model(torch.randn(1, 5, 30, 64))
     with pytest.raises(ValueError, match="expected input"):
         model(torch.randn(1, 4, 32, 64))
     with pytest.raises(ValueError, match="width"):

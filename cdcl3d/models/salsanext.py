@@ -11,18 +11,23 @@ Differences from the published code, all deliberate:
 * every norm layer is built by ``norm_layer(num_channels)`` so the same class
   builds with BatchNorm, dataset-aware BatchNorm or SyncBatchNorm;
 * ``width`` scales every channel count (1.0 is the published network,
-  6,711,572 parameters with 20 classes).
+  6,711,572 parameters with 20 classes);
+* an image whose height or width is not a multiple of 16 (the four poolings)
+  is padded with zeros at the bottom and right, which is what an empty pixel
+  holds after normalisation, and the logits are cropped back (a 40-beam
+  Pandora's 40 x 1800 image runs as 48 x 1808).
 """
 from __future__ import annotations
 
 from typing import Callable, List, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 NormLayer = Callable[[int], nn.Module]
 
-# Four encoder blocks pool by 2, so H and W must be multiples of 2**4.
+# Four encoder blocks pool by 2, so H and W are padded to multiples of 2**4.
 _STRIDE = 16
 
 
@@ -154,20 +159,31 @@ def _check_input(x: torch.Tensor, in_channels: int) -> None:
     """Raise a clear error for a wrongly shaped range image."""
     if x.dim() != 4 or x.shape[1] != in_channels:
         raise ValueError(f"SalsaNext: expected input (B, {in_channels}, H, W), got {tuple(x.shape)}")
+
+
+def _pad_to_stride(x: torch.Tensor) -> torch.Tensor:
+    """Zeros at the bottom and right up to multiples of ``_STRIDE``."""
     h, w = x.shape[-2:]
-    if h % _STRIDE or w % _STRIDE:
-        raise ValueError(f"SalsaNext: input height and width must be multiples of {_STRIDE} "
-                         f"(4 poolings by 2), got H={h}, W={w}")
+    return F.pad(x, (0, -w % _STRIDE, 0, -h % _STRIDE)) if h % _STRIDE or w % _STRIDE else x
 
 
-# A leaf for torch.fx: the shape checks branch on sizes, which symbolic
-# tracing (used by BatchNorm folding) cannot follow.
+def _crop_to(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``logits`` cut back to the size of the input ``x``."""
+    h, w = x.shape[-2:]
+    return logits[..., :h, :w] if logits.shape[-2:] != x.shape[-2:] else logits
+
+
+# Leaves for torch.fx: they branch on sizes, which symbolic tracing (used by
+# BatchNorm folding) cannot follow.
 torch.fx.wrap("_check_input")
+torch.fx.wrap("_pad_to_stride")
+torch.fx.wrap("_crop_to")
 
 
 class SalsaNext(nn.Module):
     """SalsaNext on a ``(B, in_channels, H, W)`` range image -> logits
-    ``(B, num_classes, H, W)``. H and W must be multiples of 16."""
+    ``(B, num_classes, H, W)``; H and W need not be multiples of 16 (padded
+    inside, cropped back)."""
 
     def __init__(self, in_channels: int = 5, num_classes: int = 20, width: float = 1.0,
                  dropout: float = 0.2, norm_layer: NormLayer = nn.BatchNorm2d) -> None:
@@ -199,9 +215,9 @@ class SalsaNext(nn.Module):
 
         self.logits = nn.Conv2d(c, num_classes, kernel_size=1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _check_input(x, self.in_channels)
-        x = self.downCntx3(self.downCntx2(self.downCntx(x)))
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        _check_input(inputs, self.in_channels)
+        x = self.downCntx3(self.downCntx2(self.downCntx(_pad_to_stride(inputs))))
         d0, s0 = self.resBlock1(x)      # 1/2, skip at 1
         d1, s1 = self.resBlock2(d0)     # 1/4, skip at 1/2
         d2, s2 = self.resBlock3(d1)     # 1/8, skip at 1/4
@@ -211,7 +227,7 @@ class SalsaNext(nn.Module):
         u = self.upBlock2(u, s2)
         u = self.upBlock3(u, s1)
         u = self.upBlock4(u, s0)
-        return self.logits(u)           # (B, K, H, W)
+        return _crop_to(self.logits(u), inputs)  # (B, K, H, W)
 
 
 def build_salsanext(num_classes: int, width: float = 1.0, dropout: float = 0.2,
