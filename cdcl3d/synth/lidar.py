@@ -361,56 +361,74 @@ def generate_lidar(out: str, seed: int = 0, scans: int = 60, points_scale: float
 
 
 # -- statistics -----------------------------------------------------------------
-def _kitti_yaml() -> dict:
-    res = resources.files("cdcl3d").joinpath("data/semantic-kitti.yaml")
+def _package_yaml(name: str) -> dict:
+    res = resources.files("cdcl3d").joinpath(f"data/{name}")
     if not res.is_file():
-        raise FileNotFoundError(f"{res}: the SemanticKITTI config is missing from the cdcl3d package")
+        raise FileNotFoundError(f"{res}: the label config is missing from the cdcl3d package")
     return yaml.safe_load(res.read_text(encoding="utf-8"))
 
 
-def kitti_real_histogram() -> Tuple[List[str], np.ndarray]:
-    """Names and point shares of the 19 training classes in the real
-    SemanticKITTI (the config's ``content`` mapped through ``learning_map``)."""
-    cfg = _kitti_yaml()
+def _kitti_yaml() -> dict:
+    return _package_yaml("semantic-kitti.yaml")
+
+
+#: the KITTI-layout sets and their label yaml (raw id -> training class, real point shares)
+_LABEL_YAML = {"semantickitti": "semantic-kitti.yaml", "semanticposs": "semantic-poss.yaml"}
+
+
+def real_histogram(cfg: dict) -> Tuple[List[str], np.ndarray]:
+    """Names and point shares of the training classes of a semantic-kitti-api
+    label yaml (its ``content`` mapped through ``learning_map``)."""
     lm = cfg["learning_map"]
-    share = np.zeros(20)
+    n = max(lm.values()) + 1
+    share = np.zeros(n)
     for raw, ratio in cfg["content"].items():
         share[lm[raw]] += ratio
-    names = [cfg["labels"][cfg["learning_map_inv"][i]] for i in range(1, 20)]
+    names = [cfg["labels"][cfg["learning_map_inv"][i]] for i in range(1, n)]
     return names, share[1:] / share[1:].sum()
+
+
+def kitti_real_histogram() -> Tuple[List[str], np.ndarray]:
+    """Names and point shares of the 19 training classes in the real SemanticKITTI."""
+    return real_histogram(_kitti_yaml())
+
+
+def _kitti_layout_histogram(seq_root: str, cfg: dict) -> dict:
+    lut = np.zeros(1 << 16, np.int64)
+    for raw, cls in cfg["learning_map"].items():
+        lut[raw] = cls
+    names, real = real_histogram(cfg)
+    counts = np.zeros(len(names) + 1, np.int64)
+    for seq in sorted(os.listdir(seq_root)):
+        lab_dir = os.path.join(seq_root, seq, "labels")
+        if not os.path.isdir(lab_dir):
+            continue
+        for f in sorted(os.listdir(lab_dir)):
+            if f.endswith(".label"):
+                lab = np.fromfile(os.path.join(lab_dir, f), np.uint32) & 0xFFFF
+                counts += np.bincount(lut[lab], minlength=len(counts))
+    gen = counts[1:] / max(1, counts[1:].sum())
+    return {"names": names, "counts": counts[1:], "generated": gen, "real": real,
+            "tvd": float(0.5 * np.abs(gen - real).sum()), "ignored": int(counts[0]),
+            "points": int(counts.sum())}
 
 
 def class_histogram(root: str) -> dict:
     """Per-class point counts and shares of a generated tree (``root`` as given
     to :func:`generate_lidar`).
 
-    ``result['semantickitti']``: ``names`` (19 training classes), ``counts``,
-    ``generated`` and ``real`` shares over those classes, ``tvd`` (total
-    variation distance), ``ignored`` (points of ignored raw ids), ``points``.
+    ``result['semantickitti']`` and ``result['semanticposs']``: ``names``
+    (the training classes: 19, 13), ``counts``, ``generated`` and ``real``
+    shares over those classes, ``tvd`` (total variation distance),
+    ``ignored`` (points of ignored raw ids), ``points``.
     ``result['nuscenes']``: ``names`` (32 fine classes), ``counts``, ``shares``.
     A dataset whose folder is missing is left out.
     """
     result: dict = {}
-    kitti = os.path.join(root, "semantickitti", "sequences")
-    if os.path.isdir(kitti):
-        cfg = _kitti_yaml()
-        lut = np.zeros(1 << 16, np.int64)
-        for raw, cls in cfg["learning_map"].items():
-            lut[raw] = cls
-        counts = np.zeros(20, np.int64)
-        for seq in sorted(os.listdir(kitti)):
-            lab_dir = os.path.join(kitti, seq, "labels")
-            if not os.path.isdir(lab_dir):
-                continue
-            for f in sorted(os.listdir(lab_dir)):
-                if f.endswith(".label"):
-                    lab = np.fromfile(os.path.join(lab_dir, f), np.uint32) & 0xFFFF
-                    counts += np.bincount(lut[lab], minlength=20)
-        names, real = kitti_real_histogram()
-        gen = counts[1:] / max(1, counts[1:].sum())
-        result["semantickitti"] = {"names": names, "counts": counts[1:], "generated": gen, "real": real,
-                                   "tvd": float(0.5 * np.abs(gen - real).sum()),
-                                   "ignored": int(counts[0]), "points": int(counts.sum())}
+    for name, label_yaml in _LABEL_YAML.items():
+        seq_root = os.path.join(root, name, "sequences")
+        if os.path.isdir(seq_root):
+            result[name] = _kitti_layout_histogram(seq_root, _package_yaml(label_yaml))
     seg = os.path.join(root, "nuscenes", "lidarseg", NUSCENES_VERSION)
     if os.path.isdir(seg):
         counts = np.zeros(len(NUSCENES_FINE), np.int64)
@@ -426,9 +444,11 @@ def class_histogram(root: str) -> dict:
 def format_histogram(hist: dict) -> str:
     """The tables printed by ``cdcl synth lidar --stats``."""
     lines = []
-    if "semantickitti" in hist:
-        h = hist["semantickitti"]
-        lines.append(f"SemanticKITTI: {h['points']} points ({h['ignored']} ignored)")
+    for name, title in (("semantickitti", "SemanticKITTI"), ("semanticposs", "SemanticPOSS")):
+        if name not in hist:
+            continue
+        h = hist[name]
+        lines.append(f"{title}: {h['points']} points ({h['ignored']} ignored)")
         lines.append(f"{'class':16s} {'generated %':>12s} {'real %':>8s}")
         for n, g, r in zip(h["names"], h["generated"], h["real"]):
             lines.append(f"{n:16s} {100 * g:12.3f} {100 * r:8.3f}")
