@@ -101,6 +101,11 @@ def test_a_fourth_type_trains_evaluates_and_predicts_through_the_cli(mylidar, tm
     assert len(res["iou"]) == len(COARSE) and res["miou_mode"] == "all"
     assert set(res["variants"]) == {"points_knn", "points", "range_image"}
 
+    png, rpng = tmp_path / "show.png", tmp_path / "range.png"
+    assert main(["show", str(cfg), "--dataset", "mine", "--index", "0", "--checkpoint", ckpt, "--color", "pred",
+                 "--png", str(png), "--range-png", str(rpng), "--backend", "numpy"]) == 0
+    assert png.is_file() and rpng.is_file()
+
     pred = tmp_path / "pred"
     assert main(["predict", str(cfg), "--checkpoint", ckpt, "--dataset", "mine", "--split", "test",
                  "--out", str(pred)]) == 0

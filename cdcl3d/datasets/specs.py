@@ -48,6 +48,7 @@ class LidarDatasetSpec:
     * ``writer(out_dir, reader)``: the submission writer, with ``write(id,
       train_ids)``, ``close()`` and ``report()``.
     * ``options``: the ``data.<name>`` keys this type reads, with their types.
+    * ``forward``: the sensor frame's forward axis (``x``; nuScenes' LIDAR_TOP ``y``), for pictures.
     """
 
     name: str
@@ -60,6 +61,7 @@ class LidarDatasetSpec:
     evaluator: str = "semantic-kitti-api"
     class_weights: str = "content"
     options: Dict[str, Any] = field(default_factory=dict)
+    forward: str = "x"
 
     def __post_init__(self) -> None:
         if self.miou_mode not in MIOU_MODES:
@@ -189,7 +191,7 @@ register_dataset_type(LidarDatasetSpec(
 register_dataset_type(LidarDatasetSpec(
     name="nuscenes", title="nuScenes", reader=read_nuscenes, label_map=nuscenes_classes, sensor="hdl32",
     writer=nuscenes_writer, miou_mode="present", evaluator="nuScenes LidarSegEval",
-    class_weights="computed", options={"version": str}))
+    class_weights="computed", options={"version": str}, forward="y"))
 register_dataset_type(LidarDatasetSpec(
     name="semanticposs", title="SemanticPOSS", reader=read_kitti_format,
     label_map=lambda cfg: package_label_map("semantic-poss.yaml", "SemanticPOSS"), sensor="pandora",

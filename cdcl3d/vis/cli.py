@@ -33,7 +33,7 @@ import argparse
 import glob
 import os
 import sys
-from typing import List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -159,13 +159,17 @@ def _legend_for(mode: str, points: np.ndarray, labels, preds, palette, names, ig
 
 
 def render_range_png(points: np.ndarray, labels: Optional[np.ndarray], preds: Optional[np.ndarray],
-                     dataset: str, palette: np.ndarray, path: Optional[str]) -> np.ndarray:
-    """Project a scan with the dataset's sensor and write its range-image picture."""
-    from cdcl3d.projection import KITTI_SENSOR, NUSCENES_SENSOR, RangeProjection
+                     dataset: str, palette: np.ndarray, path: Optional[str],
+                     sensor: Optional[Dict] = None) -> np.ndarray:
+    """Project a scan with ``sensor`` (a profile; default: the dataset type's
+    sensor preset) and write its range-image picture."""
+    from cdcl3d.datasets.specs import dataset_type
+    from cdcl3d.projection import RangeProjection
+    from cdcl3d.sensors import resolve_sensor
 
     from .range_image import range_image_png, range_images_from_projection
 
-    sensor = dict(KITTI_SENSOR if dataset == "semantickitti" else NUSCENES_SENSOR)
+    sensor = dict(sensor or resolve_sensor(None, dataset_type(dataset).sensor, "--range-png sensor"))
     if sensor.get("use_ring") and points.shape[1] < 5:
         sensor["use_ring"] = False  # no ring column: rows from the elevation angle
     proj = RangeProjection.from_sensor(sensor).project(points)
@@ -182,7 +186,7 @@ def show_scan(points: np.ndarray, labels: Optional[np.ndarray] = None, preds: Op
               width: int = 800, height: int = 600, camera: str = "bev", point_size: float = 2.0,
               range_png: Optional[str] = None, window: bool = False, backend: str = "subprocess",
               title: Optional[str] = None, palette: Optional[np.ndarray] = None,
-              names: Optional[Sequence[str]] = None,
+              names: Optional[Sequence[str]] = None, sensor: Optional[Dict] = None,
               ignore_index: int = IGNORE_INDEX) -> Optional[np.ndarray]:
     """Show one in-memory scan: ``points`` (N, 4+), ``labels``/``preds`` train ids.
 
@@ -196,8 +200,11 @@ def show_scan(points: np.ndarray, labels: Optional[np.ndarray] = None, preds: Op
     colours darker than L* 40 are lifted for the black background
     (:func:`~cdcl3d.vis.colors.display_palette`). ``range_png`` also writes
     the range-image picture. ``mode`` defaults to label, else pred, else
-    intensity.
+    intensity. ``palette``/``names``/``sensor`` default to the dataset
+    type's (:mod:`cdcl3d.datasets.specs`).
     """
+    from cdcl3d.datasets.specs import dataset_type
+
     points = np.asarray(points)
     if points.ndim != 2 or points.shape[1] < 3:
         raise ValueError(f"points must be (N, 3+), got {points.shape}")
@@ -214,7 +221,7 @@ def show_scan(points: np.ndarray, labels: Optional[np.ndarray] = None, preds: Op
                          f"(labels: {labels is not None}, predictions: {preds is not None}); "
                          f"possible: {modes}")
     if range_png:
-        render_range_png(points, labels, preds, dataset, palette, range_png)
+        render_range_png(points, labels, preds, dataset, palette, range_png, sensor)
     if window:
         show_window(lambda i: scan, 1, palette, mode=mode, point_size=point_size, title=title or "cdcl show")
         return None
@@ -222,7 +229,7 @@ def show_scan(points: np.ndarray, labels: Optional[np.ndarray] = None, preds: Op
 
     shown = display_palette(palette)  # dark classes lifted: the background is black
     colors = colorize(mode, points, labels, preds, shown, ignore_index)
-    forward = "y" if dataset == "nuscenes" else "x"
+    forward = dataset_type(dataset).forward
     cam = fit_camera(camera, points, width, height, forward=forward, pad=PICTURE_PAD)
     img = render_any(points, colors, backend=backend, width=width, height=height, camera=cam,
                      point_size=point_size)
@@ -343,6 +350,8 @@ def show_sample(task, cfg, name: str, split: str, index: int, checkpoint: Option
     from common.build import build_dataset
     from common.dataset_specific import route
 
+    from cdcl3d.task import resolve_data
+
     ds = build_dataset(cfg, name, split, False, task)
     if not 0 <= index < len(ds):
         raise ShowError(f"--index {index} outside 0..{len(ds) - 1} ({name}/{split})")
@@ -356,7 +365,7 @@ def show_sample(task, cfg, name: str, split: str, index: int, checkpoint: Option
         model = load_model_for_eval(cfg, checkpoint, torch.device("cpu"))
         batch = task.collate_fn(name, cfg.data[name].as_dict())([ds[index]])
         knn = task._knn(ds, eval_options(cfg, name), torch.device("cpu"))
-        with torch.no_grad(), route(model, cfg.branch_of(name)):
+        with torch.no_grad(), route(model, name):
             plain, with_knn, _ = task.predict_points(model, batch, {}, knn)
         preds = (with_knn or plain)[0].numpy()
     dtype = cfg.data[name].type
@@ -364,9 +373,11 @@ def show_sample(task, cfg, name: str, split: str, index: int, checkpoint: Option
     mode = color or scan.modes()[0]
     png = None if window else (png or f"{name}_{index}_{mode}.png")
     what = name if name == dtype else f"{name} ({dtype})"
+    data = cfg.data[name].as_dict()
     show_scan(scan.points, labels, preds, dataset=dtype, mode=mode, png=png, width=width, height=height,
               camera=camera, point_size=point_size, range_png=range_png, backend=backend,
-              title=f"{what} {split} scan {scan.name}", window=bool(window))
+              title=f"{what} {split} scan {scan.name}", window=bool(window),
+              palette=train_palette(dtype, data), names=class_names(dtype, data), sensor=resolve_data(name, data)[1])
     return png
 
 

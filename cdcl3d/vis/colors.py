@@ -2,9 +2,9 @@
 
 Palettes are ``(K, 3) uint8`` RGB arrays indexed by training id (0..K-1).
 
-* SemanticKITTI: the official yaml's ``color_map`` is BGR keyed by raw id; the
-  training palette takes, for train id ``i``, the colour of raw id
-  ``learning_map_inv[i + 1]`` (so a prediction written back as raw ids has the
+* SemanticKITTI's layout (SemanticKITTI, SemanticPOSS, ``kitti_format``): the
+  label yaml's ``color_map`` is BGR keyed by raw id; the training palette
+  takes, for train id ``i``, the colour of raw id ``learning_map_inv[i + 1]`` (so a prediction written back as raw ids has the
   colour the official tools give it).
 * nuScenes-lidarseg: the devkit's ``get_colormap()`` (fine class name -> RGB).
   Each of the 16 challenge classes takes the colour of its *main* fine class
@@ -102,12 +102,7 @@ def _kitti_map():
 
 def kitti_train_palette() -> np.ndarray:
     """``(19, 3) uint8`` RGB colour of each SemanticKITTI training class."""
-    lm = _kitti_map()
-    pal = np.zeros((lm.num_classes, 3), dtype=np.uint8)
-    for i in range(lm.num_classes):
-        b, g, r = lm.color_bgr[lm.learning_map_inv[i + 1]]
-        pal[i] = (r, g, b)
-    return pal
+    return _kitti_map().palette()
 
 
 def kitti_class_names() -> List[str]:
@@ -190,25 +185,24 @@ def nuscenes_fine_to_train_lut() -> np.ndarray:
 
 # -- per-dataset access ----------------------------------------------------------
 
-DATASETS = ("semantickitti", "nuscenes")
+def _dataset_type(dataset: str):
+    from cdcl3d.datasets.specs import DATASET_TYPES
+
+    if dataset not in DATASET_TYPES:
+        raise ValueError(f"unknown dataset {dataset!r}; valid: {list(DATASET_TYPES)}")
+    return DATASET_TYPES[dataset]
 
 
-def train_palette(dataset: str) -> np.ndarray:
-    """Training-id palette of ``dataset`` ('semantickitti' or 'nuscenes')."""
-    if dataset == "semantickitti":
-        return kitti_train_palette()
-    if dataset == "nuscenes":
-        return nuscenes_train_palette()
-    raise ValueError(f"unknown dataset {dataset!r}; valid: {list(DATASETS)}")
+def train_palette(dataset: str, cfg: Optional[Dict] = None) -> np.ndarray:
+    """Training-id palette of the LiDAR dataset type ``dataset`` (its row in
+    :mod:`cdcl3d.datasets.specs`; ``cfg``: ``data.<name>``, for a type whose
+    labels the config names)."""
+    return _dataset_type(dataset).palette(cfg)
 
 
-def class_names(dataset: str) -> List[str]:
-    """Training class names of ``dataset`` in train-id order."""
-    if dataset == "semantickitti":
-        return kitti_class_names()
-    if dataset == "nuscenes":
-        return nuscenes_class_names()
-    raise ValueError(f"unknown dataset {dataset!r}; valid: {list(DATASETS)}")
+def class_names(dataset: str, cfg: Optional[Dict] = None) -> List[str]:
+    """Training class names of the LiDAR dataset type ``dataset`` in train-id order."""
+    return _dataset_type(dataset).class_names(cfg or {})
 
 
 # -- display ---------------------------------------------------------------------
