@@ -99,7 +99,7 @@ NUSCENES_SENSOR: Dict[str, Any] = dict(
 
 #: Hesai Pandora's 40 beam elevations (its Pandar40), degrees, top to bottom:
 #: +7..+2 in 1 deg steps, 1/3 deg steps down to -6, then 1 deg steps to -16.
-PANDORA_ELEVATIONS = tuple([7.0 - i for i in range(6)] + [round(2.0 - i / 3.0, 4) for i in range(1, 24)]
+PANDORA_ELEVATIONS = tuple([7.0 - i for i in range(6)] + [2.0 - i / 3.0 for i in range(1, 24)]
                            + [-6.0 - i for i in range(11)])
 
 #: SemanticPOSS's Hesai Pandora: 40 non-uniform beams (+7 to -16 deg), 40 x 1800

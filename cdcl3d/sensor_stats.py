@@ -58,7 +58,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", help="experiment config (YAML) declaring the dataset")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="dotted overrides, e.g. data.mylidar.root=/data/mylidar")
-    parser.add_argument("--dataset", required=True, help="the dataset's name under data:")
+    parser.add_argument("--dataset", required=True, metavar="NAME", help="the dataset's name under data:")
     parser.add_argument("--split", default=None, help="split to measure (default: the dataset's train_split)")
     parser.add_argument("--max-scans", type=int, default=None, metavar="N",
                         help="measure the first N scans only (default: every scan of the split)")
