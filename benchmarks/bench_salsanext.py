@@ -63,7 +63,8 @@ def main() -> None:
     folded = None
     folded_note = ""
     try:
-        from common.dataset_specific import collapse, convert_dataset_specific, fold_bn, route
+        from common.dataset_specific import collapse, convert_dataset_specific, route
+        from common.fold import fold_bn
 
         # The converter clones the trained BN (weights and running statistics)
         # into every branch, so all three forms compute the same function.

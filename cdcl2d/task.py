@@ -376,7 +376,7 @@ class ImageTask(Task):
         try:
             for name, ds in datasets.items():
                 item = ds[0]
-                with route(model, cfg.branch_of(name)):
+                with route(model, name):
                     pred = self.predict_batch(model, item["inputs"][None].to(device), {})[0].cpu().numpy()
                 img = denormalize(item["inputs"].numpy())
                 gt = colorize(item["labels"].numpy(), ds.name) if "labels" in item else np.zeros_like(img)

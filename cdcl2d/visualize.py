@@ -173,7 +173,7 @@ def show_sample(task: Any, cfg: Any, name: str, split: str, index: int, checkpoi
         from common.evaluation import eval_options, load_model_for_eval
 
         model = load_model_for_eval(cfg, checkpoint, torch.device("cpu"), task)
-        with torch.no_grad(), route(model, cfg.branch_of(name)):
+        with torch.no_grad(), route(model, name):
             preds = task.predict_batch(model, item["inputs"][None], eval_options(cfg, name))[0].numpy()
     from .datasets import READERS
     from .transforms import denormalize

@@ -312,7 +312,7 @@ class LidarTask(Task):
                 continue
             item = ds[0]
             batch = to_device(self.collate_fn(name, cfg.data[name].as_dict())([item]), device)
-            with torch.no_grad(), route(m, cfg.branch_of(name)):
+            with torch.no_grad(), route(m, name):
                 plain, _, argmax = self.predict_points(m, batch, {})
             palette = dataset_type(cfg.data[name].type).palette(cfg.data[name].as_dict())
             add_range_images(writer, f"val/{name}/range_image", step, item["proj_range"],

@@ -1,31 +1,109 @@
 """Config → objects, in one place: datasets, the model under a strategy, criteria.
 
-Strategies (``strategy.name``), all trained by the same loop:
+Strategies (``strategy.name``) are rows of :data:`STRATEGIES`, all trained by
+the same loop; the trainer, the config checks and evaluation read the row,
+never the name:
 
-=================  =========================================================
-``single``         one dataset, plain network (its own BN and head)
-``cdcl``           shared convs, dataset-specific BN and heads (the paper)
-``shared_bn``      joint training, one BN for all, dataset-specific heads
+=================== ========================================================
+``single``          one dataset, plain network (its own BN and head)
+``cdcl``            shared convs, dataset-specific BN and heads (the paper)
+``shared_bn``       joint training, one BN for all, dataset-specific heads
 ``conv_not_shared`` every conv and BN dataset-specific (ablation)
-``finetune``       train on A for ``switch_at`` iterations, then on B with
-                   B's own head (shared BN)
-``label_remap``    B's labels mapped into A's label space
-                   (``strategy.label_map``), one network, one head
-=================  =========================================================
+``finetune``        train on A for ``switch_at`` iterations, then on B with
+                    B's own head (shared BN)
+``label_remap``     B's labels mapped into A's label space
+                    (``strategy.label_map``), one network, one head
+=================== ========================================================
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Optional
+import dataclasses
+from typing import Any, Callable, Dict, List, Optional, Tuple, Type
 
 import torch
 from torch import nn
 
 from .config import Config, ConfigError
 from .data import RemapLabels, build_label_lut
-from .dataset_specific import (BATCHNORM_TYPES, CONV_TYPES, convert_dataset_specific,
-                               convert_heads)
+from .dataset_specific import BATCHNORM_TYPES, CONV_TYPES, convert_dataset_specific, convert_heads, set_aliases
 from .registry import TASKS
 from .task import Task
+
+
+def _needs_switch_at(cfg: Config) -> None:
+    if not cfg.strategy.switch_at:
+        raise ConfigError(f"{cfg.source}: strategy {cfg.strategy.name!r} needs 'strategy.switch_at' "
+                          "(iterations on the first dataset)")
+
+
+def _check_label_map(cfg: Config) -> None:
+    """B (the second trained dataset) needs a table into A's ids; an unseen
+    dataset may have one (without one its labels must already be A's)."""
+    src, (a, b) = cfg.source, cfg.names
+    for name, table in cfg.strategy.label_map.items():
+        if name not in cfg.data or name == a:
+            others = [n for n in cfg.data if n != a]
+            raise ConfigError(f"{src}: 'strategy.label_map.{name}' names no dataset to map into {a}'s ids; "
+                              f"datasets: {others}")
+        if not isinstance(table, dict) or not all(
+                isinstance(k, int) and isinstance(v, int) and not isinstance(k, bool) and not isinstance(v, bool)
+                for k, v in table.items()):
+            raise ConfigError(f"{src}: 'strategy.label_map.{name}' must map ids of {name} to ids of {a} "
+                              f"(integers), got {table!r}")
+    if b not in cfg.strategy.label_map:
+        raise ConfigError(f"{src}: strategy {cfg.strategy.name!r} needs 'strategy.label_map.{b}' "
+                          f"(ids of {b} → ids of {a})")
+
+
+@dataclasses.dataclass(frozen=True)
+class Strategy:
+    """How a strategy shares the network and the data: one row of :data:`STRATEGIES`."""
+
+    #: layer types made dataset-specific (the classifier heads apart)
+    specific: Tuple[Type[nn.Module], ...] = BATCHNORM_TYPES
+    #: a head per dataset; False: one head, every dataset in the first one's classes
+    heads: bool = True
+    #: datasets after the first are mapped into the first one's ids (``strategy.label_map``)
+    remap_labels: bool = False
+    #: the first dataset trains until ``strategy.switch_at``, then only the second
+    switch: bool = False
+    #: DDP: parameters may get no gradient in a step (a head whose dataset sits out)
+    find_unused: bool = False
+    #: the number of trained datasets it needs (None: any)
+    datasets: Optional[int] = None
+    #: further checks of the config (raise ConfigError naming the key)
+    check: Optional[Callable[[Config], None]] = None
+
+
+STRATEGIES: Dict[str, Strategy] = {
+    "single": Strategy(datasets=1),
+    "cdcl": Strategy(),
+    "shared_bn": Strategy(specific=()),
+    "conv_not_shared": Strategy(specific=BATCHNORM_TYPES + CONV_TYPES),
+    "finetune": Strategy(specific=(), switch=True, find_unused=True, datasets=2, check=_needs_switch_at),
+    "label_remap": Strategy(specific=(), heads=False, remap_labels=True, datasets=2, check=_check_label_map),
+}
+
+
+def strategy_of(cfg: Config) -> Strategy:
+    try:
+        return STRATEGIES[cfg.strategy.name]
+    except KeyError:
+        raise ConfigError(f"{cfg.source}: 'strategy.name' is {cfg.strategy.name!r}; "
+                          f"valid: {', '.join(STRATEGIES)}") from None
+
+
+def check_strategy(cfg: Config) -> None:
+    """The strategy's rules for the config: a known name, the number of trained
+    datasets, its own keys (called by :func:`common.config.validate`)."""
+    s = strategy_of(cfg)
+    if s.datasets is not None and len(cfg.names) != s.datasets:
+        count = {1: "exactly one trained dataset", 2: "two trained datasets (A then B)"}.get(
+            s.datasets, f"{s.datasets} trained datasets")
+        raise ConfigError(f"{cfg.source}: strategy {cfg.strategy.name!r} needs {count} under 'data', "
+                          f"got {cfg.names}")
+    if s.check is not None:
+        s.check(cfg)
 
 
 def get_task(cfg: Config) -> Task:
@@ -36,17 +114,17 @@ def get_task(cfg: Config) -> Task:
 
 
 def build_dataset(cfg: Config, name: str, split: str, train: bool, task: Optional[Task] = None):
-    """Dataset ``name`` for ``split``; label-remapped for the label_remap strategy."""
+    """Dataset ``name`` for ``split``; label-remapped where the strategy says so."""
     task = task or get_task(cfg)
     ds = task.build_dataset(name, cfg.data[name].as_dict(), split, train)
     first = cfg.names[0]
-    if cfg.strategy.name == "label_remap" and name != first:
+    if strategy_of(cfg).remap_labels and name != first:
         target = task.build_dataset(first, cfg.data[first].as_dict(), cfg.data[first].val_split, False)
         if name not in cfg.strategy.label_map:
             # an unseen dataset without a table: its labels must already be A's
             if name in cfg.names or num_classes_of(ds) != num_classes_of(target):
-                raise ConfigError(f"{cfg.source}: strategy label_remap needs 'strategy.label_map.{name}' "
-                                  f"(ids of {name} → ids of {first})")
+                raise ConfigError(f"{cfg.source}: strategy {cfg.strategy.name!r} needs "
+                                  f"'strategy.label_map.{name}' (ids of {name} → ids of {first})")
             return ds
         lut = build_label_lut(cfg.strategy.label_map[name], ds.ignore_index)
         ds = RemapLabels(ds, lut, target.class_names)
@@ -58,26 +136,18 @@ def num_classes_of(ds) -> int:
 
 
 def build_model(cfg: Config, num_classes: Dict[str, int], task: Optional[Task] = None) -> nn.Module:
-    """The network for ``cfg`` with the strategy's dataset-specific layers."""
+    """The network for ``cfg`` with the strategy's dataset-specific layers; an
+    unseen dataset (``data.<name>.branch``) routes to its trained one's branch."""
     task = task or get_task(cfg)
-    names = cfg.names
-    strategy = cfg.strategy.name
-    first = names[0]
-    model = task.build_model(dict(cfg.model), num_classes[first], None)
+    names, s = cfg.names, strategy_of(cfg)
+    model = task.build_model(dict(cfg.model), num_classes[names[0]], None)
     heads = list(getattr(model, "heads", []))
-    # label_remap: one plain network and one head, every dataset in A's label space
-    if strategy in ("single", "cdcl", "conv_not_shared"):
-        convert_dataset_specific(model, names, BATCHNORM_TYPES)
-        if strategy == "conv_not_shared":
-            head_set = set(heads)
-            convs = [p for p, m in model.named_modules() if isinstance(m, CONV_TYPES) and p not in head_set]
-            # spconv layers are not nn.Conv*: extend here when a sparse model wants it
-            convert_dataset_specific(model, names, CONV_TYPES, only=convs)
+    if s.specific:  # spconv layers are not nn.Conv*: extend the row when a sparse model wants them
+        convert_dataset_specific(model, names, s.specific, only=[
+            p for p, m in model.named_modules() if p and isinstance(m, s.specific) and p not in heads])
+    if s.heads:
         convert_heads(model, {n: num_classes[n] for n in names}, heads)
-    elif strategy in ("shared_bn", "finetune"):
-        convert_heads(model, {n: num_classes[n] for n in names}, heads)
-    elif strategy != "label_remap":
-        raise ConfigError(f"{cfg.source}: unknown strategy {strategy!r}")
+    set_aliases(model, {n: d.branch for n, d in cfg.data.items() if d.branch is not None})
     return model
 
 
@@ -88,8 +158,8 @@ def build_criteria(cfg: Config, datasets: Dict[str, Any], task: Optional[Task] =
 
 
 def active_datasets(cfg: Config, step: int) -> List[str]:
-    """Datasets that train at ``step`` (finetune switches from A to B)."""
-    if cfg.strategy.name == "finetune":
+    """Datasets that train at ``step`` (a switching strategy trains A, then B)."""
+    if strategy_of(cfg).switch:
         return [cfg.names[0]] if step < int(cfg.strategy.switch_at) else [cfg.names[1]]
     return cfg.names
 

@@ -151,7 +151,7 @@ def cmd_predict(args) -> int:
     from .evaluation import eval_options
     # a submission needs a file for every sample: an unreadable one is an
     # error naming it even under on_bad_sample: skip (an empty scan is read)
-    with route(model, cfg.branch_of(args.dataset)), bad_sample_action(ds, "raise"):
+    with route(model, args.dataset), bad_sample_action(ds, "raise"):
         written = task.predict(model, track(loader, desc=f"predict {args.dataset}/{args.split}"),
                                args.dataset, ds, device, args.out,
                                dict(eval_options(cfg, args.dataset), split=args.split))
@@ -298,6 +298,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="training seeds, one run per method and seed (default: the task's)")
     p.add_argument("--quick", action="store_true", help="a much shorter run (smoke test)")
     p.set_defaults(func=cmd_demo)
+
+    from . import study
+    p = add_command(sub, "study", study.HELP, study.EXAMPLE)
+    study.add_arguments(p)
+    p.set_defaults(func=study.run_from_args)
 
     p = add_command(sub, "synth", "write generated datasets in the real on-disk formats",
                     "cdcl synth lidar --out data/synth/lidar --scans 60")

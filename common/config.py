@@ -37,7 +37,6 @@ class ConfigError(UserError, ValueError):
     """A configuration file or override is invalid."""
 
 
-STRATEGIES = ("single", "cdcl", "shared_bn", "conv_not_shared", "finetune", "label_remap")
 MODES = ("dat", "fused", "sequential")
 
 
@@ -143,10 +142,6 @@ class Config:
     def eval_names(self) -> List[str]:
         """Every dataset that is evaluated: the trained ones, then the unseen ones."""
         return self.names + [n for n, d in self.data.items() if d.branch is not None]
-
-    def branch_of(self, name: str) -> str:
-        """The model branch that serves dataset ``name``."""
-        return self.data[name].branch or name
 
     def to_dict(self) -> Dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -441,9 +436,9 @@ def _check_limits(cfg: Config) -> None:
 
 def validate(cfg: Config) -> None:
     """Cross-field checks that name the offending key."""
+    from .build import check_strategy
+
     src = cfg.source
-    if cfg.strategy.name not in STRATEGIES:
-        raise ConfigError(f"{src}: 'strategy.name' is {cfg.strategy.name!r}; valid: {', '.join(STRATEGIES)}")
     if cfg.train.mode not in MODES:
         raise ConfigError(f"{src}: 'train.mode' is {cfg.train.mode!r}; valid: {', '.join(MODES)}")
     if cfg.train.amp not in ("none", "bf16", "fp16"):
@@ -460,37 +455,9 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"{src}: 'data.{name}.branch' is {dc.branch!r}; trained datasets: {cfg.names}")
     if not cfg.names:
         raise ConfigError(f"{src}: every dataset under 'data' has a 'branch': nothing to train")
-    n = len(cfg.names)  # trained datasets; unseen ones (branch:) are served by them
-    if cfg.strategy.name == "single" and n != 1:
-        raise ConfigError(f"{src}: strategy 'single' needs exactly one trained dataset under 'data', "
-                          f"got {cfg.names}")
-    if cfg.strategy.name in ("finetune", "label_remap") and n != 2:
-        raise ConfigError(f"{src}: strategy '{cfg.strategy.name}' needs two trained datasets (A then B), "
-                          f"got {cfg.names}")
-    if cfg.strategy.name == "finetune" and not cfg.strategy.switch_at:
-        raise ConfigError(f"{src}: strategy 'finetune' needs 'strategy.switch_at' (iterations on the first dataset)")
-    if cfg.strategy.name == "label_remap":
-        _check_label_map(cfg)
+    check_strategy(cfg)  # the strategy table's rules: dataset count, its own keys
     if cfg.train.reference is not None and cfg.train.reference not in cfg.names:
         raise ConfigError(f"{src}: 'train.reference' is {cfg.train.reference!r}; datasets: {cfg.names}")
-
-
-def _check_label_map(cfg: Config) -> None:
-    """label_remap: B (the second trained dataset) needs a table into A's ids; an
-    unseen dataset may have one (without one its labels must already be A's)."""
-    src, (a, b) = cfg.source, cfg.names
-    for name, table in cfg.strategy.label_map.items():
-        if name not in cfg.data or name == a:
-            others = [n for n in cfg.data if n != a]
-            raise ConfigError(f"{src}: 'strategy.label_map.{name}' names no dataset to map into {a}'s ids; "
-                              f"datasets: {others}")
-        if not isinstance(table, dict) or not all(
-                isinstance(k, int) and isinstance(v, int) and not isinstance(k, bool) and not isinstance(v, bool)
-                for k, v in table.items()):
-            raise ConfigError(f"{src}: 'strategy.label_map.{name}' must map ids of {name} to ids of {a} "
-                              f"(integers), got {table!r}")
-    if b not in cfg.strategy.label_map:
-        raise ConfigError(f"{src}: strategy label_remap needs 'strategy.label_map.{b}' (ids of {b} → ids of {a})")
 
 
 def load_config(path: str, overrides: Sequence[str] = ()) -> Config:

@@ -7,8 +7,8 @@ ordinary modules keyed by dataset name, and one converter,
 :func:`convert_dataset_specific`, that swaps chosen layer types for it — the
 way ``torch.nn.SyncBatchNorm.convert_sync_batchnorm`` swaps BatchNorm. The
 same converter on convolutions gives the "conv not shared" ablation, and
-:func:`convert_heads` gives per-dataset classifiers with their own class
-counts.
+:func:`convert_heads` (the same converter again) gives per-dataset
+classifiers with their own class counts.
 
 Routing is set for a whole forward pass with :func:`route`::
 
@@ -17,10 +17,13 @@ Routing is set for a whole forward pass with :func:`route`::
     with route(model, {"semantickitti": 4, "nuscenes": 2}):   # fused batch
         out = model(torch.cat([xa, xb]))          # heads return {name: logits}
 
-A forward with no route raises. Because the wrapper is not a ``_BatchNorm``,
+A forward with no route raises. :func:`set_aliases` lets an unseen dataset
+name a trained one's branch (``data.<name>.branch``): routes and collapses
+by its own name then use that branch. Because the wrapper is not a ``_BatchNorm``,
 ``SyncBatchNorm.convert_sync_batchnorm`` recurses into it and converts each
 branch, and DDP wrapping is transparent (``route`` walks ``model.modules()``).
-:func:`collapse` returns a plain network holding one dataset's branches.
+:func:`collapse` returns a plain network holding one dataset's branches
+(:mod:`common.fold` folds its BatchNorms for deployment).
 """
 from __future__ import annotations
 
@@ -57,8 +60,10 @@ class DatasetSpecific(nn.Module):
             raise ValueError("DatasetSpecific needs at least one branch")
         self.branches = nn.ModuleDict(dict(branches))
         self.split_output = split_output
-        # Not a buffer: routing is transient and never saved in a state dict.
+        # Not state: routing is transient and never saved in a state dict;
+        # aliases (set_aliases) come from the config each time the model is built.
         self._route: Optional[Route] = None
+        self.aliases: Dict[str, str] = {}
 
     @property
     def names(self) -> List[str]:
@@ -86,17 +91,19 @@ class DatasetSpecific(nn.Module):
         return torch.cat(list(outs.values()), dim=0)
 
 
-def _check_route(names: Sequence[str], r: Route) -> Route:
+def _check_route(m: DatasetSpecific, r: Route) -> Route:
+    names = m.names
     if isinstance(r, str):
+        r = m.aliases.get(r, r)
         if r not in names:
-            raise RouteError(f"unknown dataset {r!r}; this model knows {list(names)}")
+            raise RouteError(f"unknown dataset {r!r}; this model knows {names}")
         return r
     if isinstance(r, Mapping):
         if not r:
             raise RouteError("a fused route needs at least one dataset")
         for name, size in r.items():
             if name not in names:
-                raise RouteError(f"unknown dataset {name!r} in fused route; this model knows {list(names)}")
+                raise RouteError(f"unknown dataset {name!r} in fused route; this model knows {names}")
             if int(size) < 1:
                 raise RouteError(f"fused route size for {name!r} must be >= 1, got {size}")
         return dict((k, int(v)) for k, v in r.items())
@@ -119,7 +126,25 @@ def dataset_names(model: nn.Module) -> List[str]:
 def set_route(model: nn.Module, r: Optional[Route]) -> None:
     """Set (or clear with ``None``) the route on every wrapper of ``model``."""
     for _, m in dataset_specific_modules(model):
-        m._route = None if r is None else _check_route(m.names, r)
+        m._route = None if r is None else _check_route(m, r)
+
+
+def set_aliases(model: nn.Module, aliases: Mapping[str, str]) -> None:
+    """Serve each dataset ``alias`` through branch ``aliases[alias]`` in every
+    :func:`route` and :func:`collapse` of ``model`` (an unseen dataset,
+    ``data.<name>.branch``): set once where the model is built from its config."""
+    for _, m in dataset_specific_modules(model):
+        unknown = {a: b for a, b in aliases.items() if b not in m.names}
+        if unknown:
+            raise RouteError(f"aliases {unknown} name no branch; this model knows {m.names}")
+        m.aliases = dict(aliases)
+
+
+def branch_name(model: nn.Module, name: str) -> str:
+    """The branch that serves dataset ``name`` (itself unless it is an alias)."""
+    for _, m in dataset_specific_modules(model):
+        return m.aliases.get(name, name)
+    return name
 
 
 @contextlib.contextmanager
@@ -135,7 +160,7 @@ def route(model: nn.Module, r: Route) -> Iterator[nn.Module]:
     previous = [m._route for m in mods]
     try:
         for m in mods:
-            m._route = _check_route(m.names, r)
+            m._route = _check_route(m, r)
         yield model
     finally:
         for m, p in zip(mods, previous):
@@ -226,13 +251,8 @@ def convert_heads(model: nn.Module, num_classes: Mapping[str, int],
         out = module.out_features if isinstance(module, nn.Linear) else module.out_channels
         return copy.deepcopy(module) if k == out else _rebuild_head(module, k)
 
-    for path in heads:
-        m = model.get_submodule(path)
-        if isinstance(m, DatasetSpecific):
-            continue
-        _replace_module(model, path, DatasetSpecific(
-            {n: factory(n, m) for n in num_classes}, split_output=True))
-    return model
+    todo = [p for p in heads if not isinstance(model.get_submodule(p), DatasetSpecific)]
+    return convert_dataset_specific(model, list(num_classes), (nn.Module,), factory, split_output=True, only=todo)
 
 
 def collapse(model: nn.Module, name: str) -> nn.Module:
@@ -242,7 +262,7 @@ def collapse(model: nn.Module, name: str) -> nn.Module:
     network and computes exactly what ``model`` computes under
     ``route(model, name)``. The input model is not modified.
     """
-    names = dataset_names(model)
+    names, name = dataset_names(model), branch_name(model, name)
     if names and name not in names:
         raise KeyError(f"unknown dataset {name!r}; this model knows {names}")
     out = copy.deepcopy(model)
@@ -255,123 +275,3 @@ def collapse(model: nn.Module, name: str) -> nn.Module:
             continue
         _replace_module(out, path, m.branches[name])
     return out
-
-
-def map_logits(fn: Callable[[torch.Tensor], torch.Tensor], x):
-    """Apply ``fn`` to logits that may be a per-dataset dict (fused route)."""
-    if isinstance(x, dict):
-        return {k: fn(v) for k, v in x.items()}
-    return fn(x)
-
-
-def select_output(out: Any, name: str, sizes: Optional[Mapping[str, int]] = None) -> Any:
-    """Dataset ``name``'s part of a model output.
-
-    ``out`` is a tensor, a per-dataset dict from a head under a fused route,
-    or a dict/list/tuple of those. With ``sizes`` (the fused route) plain
-    tensors are split along dim 0; without, they are returned as they are.
-    """
-    if isinstance(out, torch.Tensor):
-        if sizes is None:
-            return out
-        keys = list(sizes.keys())
-        return torch.split(out, list(sizes.values()), dim=0)[keys.index(name)]
-    if isinstance(out, dict):
-        if sizes is not None and set(out.keys()) == set(sizes.keys()):
-            return out[name]
-        return {k: select_output(v, name, sizes) for k, v in out.items()}
-    if isinstance(out, (list, tuple)):
-        return type(out)(select_output(v, name, sizes) for v in out)
-    return out
-
-
-# -- BatchNorm folding ----------------------------------------------------------
-
-def _fold_pair(conv: nn.Module, bn: nn.modules.batchnorm._BatchNorm) -> nn.Module:
-    fused = copy.deepcopy(conv)
-    w = fused.weight
-    scale = bn.weight.detach() / torch.sqrt(bn.running_var + bn.eps) if bn.affine else \
-        1.0 / torch.sqrt(bn.running_var + bn.eps)
-    shift = bn.bias.detach() if bn.affine else torch.zeros_like(bn.running_mean)
-    bias = fused.bias.detach() if fused.bias is not None else torch.zeros_like(bn.running_mean)
-    # ConvTranspose keeps output channels in dim 1 of the weight.
-    if isinstance(conv, nn.modules.conv._ConvTransposeNd):
-        shape = [1, -1] + [1] * (w.dim() - 2)
-    else:
-        shape = [-1] + [1] * (w.dim() - 1)
-    fused.weight = nn.Parameter(w.detach() * scale.reshape(shape))
-    fused.bias = nn.Parameter((bias - bn.running_mean) * scale + shift)
-    return fused
-
-
-def fold_bn(model: nn.Module) -> nn.Module:
-    """Fold every eval-mode BatchNorm that directly follows a convolution into it.
-
-    Works on a collapsed (plain) model. The graph is traced with ``torch.fx``,
-    so only a BatchNorm whose input is a convolution's output used by nothing
-    else is folded; BatchNorms after an activation (SalsaNext's conv → act →
-    bn order) cannot be folded exactly and are left as they are. Returns a new
-    ``GraphModule`` (or a copy of the model if tracing fails) in eval mode,
-    with ``folded_bn`` (how many were folded) and ``unfolded_bn`` (a dict:
-    each BatchNorm left, by path, -> what its input comes from, e.g.
-    ``"LeakyReLU"``; None when the model could not be traced).
-    """
-    import torch.fx as fx
-
-    if any(True for _ in dataset_specific_modules(model)):
-        raise ValueError("fold_bn needs a plain model: call collapse(model, name) first")
-    model = copy.deepcopy(model).eval()
-    try:
-        gm = fx.symbolic_trace(model)
-    except Exception:  # data-dependent control flow: nothing can be folded safely
-        model.folded_bn = 0  # type: ignore[attr-defined]
-        model.unfolded_bn = None  # type: ignore[attr-defined]
-        return model
-    modules = dict(gm.named_modules())
-    conv_types = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d,
-                  nn.ConvTranspose3d)
-    folded = 0
-    unfolded: Dict[str, str] = {}
-    for node in list(gm.graph.nodes):
-        if node.op != "call_module" or not isinstance(modules.get(node.target),
-                                                        nn.modules.batchnorm._BatchNorm):
-            continue
-        prev = node.args[0]
-        if not isinstance(prev, fx.Node) or prev.op != "call_module":
-            unfolded[node.target] = _node_kind(prev)
-            continue
-        conv = modules.get(prev.target)
-        if not isinstance(conv, conv_types) or len(prev.users) != 1:
-            unfolded[node.target] = (type(conv).__name__ if not isinstance(conv, conv_types) else
-                                     f"{type(conv).__name__} whose output is used elsewhere too")
-            continue
-        bn = modules[node.target]
-        if bn.running_mean is None:
-            unfolded[node.target] = f"{type(conv).__name__} (no running statistics)"
-            continue
-        new_conv = _fold_pair(conv, bn)
-        parent, _, child = prev.target.rpartition(".")
-        setattr(gm.get_submodule(parent) if parent else gm, child, new_conv)
-        modules[prev.target] = new_conv
-        node.replace_all_uses_with(prev)
-        gm.graph.erase_node(node)
-        folded += 1
-    gm.graph.lint()
-    gm.delete_all_unused_submodules()
-    gm.recompile()
-    gm.folded_bn = folded  # type: ignore[attr-defined]
-    gm.unfolded_bn = unfolded  # type: ignore[attr-defined]
-    return gm
-
-
-def _node_kind(node) -> str:
-    """What an fx graph node computes, in a word (for :func:`fold_bn`'s report)."""
-    import torch.fx as fx
-
-    if not isinstance(node, fx.Node):
-        return "a constant"
-    if node.op == "placeholder":
-        return "the network input"
-    if node.op == "call_function":
-        return getattr(node.target, "__name__", str(node.target))
-    return str(node.target)  # call_method, get_attr

@@ -11,6 +11,10 @@
   rounding), fewer kernel launches. Needs equal input shapes.
 * ``sequential`` (the paper's "without DAT" ablation): forward, backward and
   optimizer step after each dataset in turn.
+
+The fused mode's helpers live here too: :func:`fuse_batches`, and
+:func:`select_output` / :func:`map_logits` for outputs whose per-dataset heads
+return ``{dataset: logits_chunk}``.
 """
 from __future__ import annotations
 
@@ -21,7 +25,7 @@ from typing import Any, Callable, ContextManager, Dict, Mapping, Optional
 import torch
 from torch import nn
 
-from .dataset_specific import route, select_output
+from .dataset_specific import route
 from .dist import is_distributed
 
 Batch = Dict[str, Any]
@@ -72,6 +76,34 @@ def fuse_batches(batches: Mapping[str, Batch]) -> Batch:
         elif isinstance(values[0], str) and all(v == values[0] for v in values):
             fused[key] = values[0]
     return fused
+
+
+def map_logits(fn: Callable[[torch.Tensor], torch.Tensor], x):
+    """Apply ``fn`` to logits that may be a per-dataset dict (fused route)."""
+    if isinstance(x, dict):
+        return {k: fn(v) for k, v in x.items()}
+    return fn(x)
+
+
+def select_output(out: Any, name: str, sizes: Optional[Mapping[str, int]] = None) -> Any:
+    """Dataset ``name``'s part of a model output.
+
+    ``out`` is a tensor, a per-dataset dict from a head under a fused route,
+    or a dict/list/tuple of those. With ``sizes`` (the fused route) plain
+    tensors are split along dim 0; without, they are returned as they are.
+    """
+    if isinstance(out, torch.Tensor):
+        if sizes is None:
+            return out
+        keys = list(sizes.keys())
+        return torch.split(out, list(sizes.values()), dim=0)[keys.index(name)]
+    if isinstance(out, dict):
+        if sizes is not None and set(out.keys()) == set(sizes.keys()):
+            return out[name]
+        return {k: select_output(v, name, sizes) for k, v in out.items()}
+    if isinstance(out, (list, tuple)):
+        return type(out)(select_output(v, name, sizes) for v in out)
+    return out
 
 
 def _backward(loss: torch.Tensor, optimizer: torch.optim.Optimizer, model: nn.Module,

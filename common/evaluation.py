@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
-from .build import build_dataset, build_model, get_task, num_classes_of
+from .build import build_dataset, build_model, get_task, num_classes_of, strategy_of
 from .checkpoint import CheckpointError, check_state_dict, load_checkpoint, unwrap
 from .config import Config
 from .data import DropSkipped, SkipTracker, bad_sample_action
@@ -72,7 +72,7 @@ def evaluate_model(cfg: Config, model: nn.Module, device: torch.device,
             ds = build_dataset(cfg, name, split or cfg.data[name].val_split, False, task)
         loader = build_eval_loader(cfg, name, ds, task)
         batches = track(loader, desc=f"eval {name}")  # a bar at a terminal, else a log line every 10 %
-        with route(model, cfg.branch_of(name)), bad_sample_action(ds, "drop"):
+        with route(model, name), bad_sample_action(ds, "drop"):
             cms: Dict[str, ConfusionMatrix] = task.evaluate(model, batches, name, ds, device,
                                                            eval_options(cfg, name))
         skipped = [sid for sid, _ in loader.skipped]
@@ -174,8 +174,8 @@ def check_checkpoint_datasets(cfg: Config, num_classes: Dict[str, int], checkpoi
                               f"the config {cfg.source} has {cfg.names} ({detail})")
     differ = []
     for n in cfg.names:
-        if cfg.strategy.name == "label_remap" and n != cfg.names[0]:
-            continue  # trained in the first dataset's classes
+        if not strategy_of(cfg).heads and n != cfg.names[0]:
+            continue  # one head: trained in the first dataset's classes
         k = cfg.data[n].num_classes or task.num_classes(n, cfg.data[n].as_dict())
         if k and int(k) != int(num_classes[n]):
             differ.append(f"{n}: {num_classes[n]} classes in the checkpoint, {k} in the config")

@@ -11,7 +11,8 @@ from torch import nn
 
 from .build import get_task
 from .config import Config
-from .dataset_specific import collapse, fold_bn, route
+from .dataset_specific import branch_name, collapse, route
+from .fold import fold_bn
 from .flops import count_parameters
 
 
@@ -40,14 +41,13 @@ def export_onnx(cfg: Config, model: nn.Module, name: str, path: str, fold: bool 
     task = get_task(cfg)
     if name not in cfg.data:
         raise ConfigError(f"no dataset {name!r} to export; the config {cfg.source} has {cfg.eval_names}")
-    branch = cfg.branch_of(name)
     model = model.eval()
     shape = (1,) + tuple(task.input_shape(name, cfg.data[name].as_dict()))
     x = torch.randn((2,) + shape[1:], generator=torch.Generator().manual_seed(0))  # (2, C, ...)
-    with torch.no_grad(), route(model, branch):
+    with torch.no_grad(), route(model, name):
         ref = model(x)
     ref = ref["out"] if isinstance(ref, dict) else ref
-    plain = collapse(model, branch)
+    plain = collapse(model, name)
     folding = "off (--no-fold): every BatchNorm kept"
     if fold:
         try:
@@ -68,7 +68,7 @@ def export_onnx(cfg: Config, model: nn.Module, name: str, path: str, fold: bool 
                           dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
                           opset_version=opset, dynamo=False)
     report: Dict[str, Any] = {
-        "onnx": path, "dataset": name, "branch": branch, "input_shape": ["batch"] + list(shape[1:]),
+        "onnx": path, "dataset": name, "branch": branch_name(model, name), "input_shape": ["batch"] + list(shape[1:]),
         "parameters": count_parameters(plain), "batchnorm_folding": folding,
         "max_abs_diff_collapsed_vs_routed": float((torch_out - ref).abs().max()),
     }
@@ -88,7 +88,7 @@ def export_onnx(cfg: Config, model: nn.Module, name: str, path: str, fold: bool 
 
 
 def folding_summary(folded: nn.Module, model_name: str) -> str:
-    """One sentence on what :func:`common.dataset_specific.fold_bn` did: how
+    """One sentence on what :func:`common.fold.fold_bn` did: how
     many BatchNorms it folded and, for the others, what they follow (a
     BatchNorm folds only into a convolution right before it)."""
     n = int(getattr(folded, "folded_bn", 0))

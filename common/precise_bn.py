@@ -100,7 +100,7 @@ def precise_bn_from_args(args) -> int:
     from .build import build_dataset, get_task
     from .checkpoint import load_checkpoint, save_checkpoint
     from .config import ConfigError, load_config
-    from .dataset_specific import collapse, dataset_names
+    from .dataset_specific import branch_name, collapse, dataset_names
     from .dist import select_device
     from .evaluation import load_model_for_eval
     from .progress import track
@@ -109,13 +109,13 @@ def precise_bn_from_args(args) -> int:
     cfg = load_config(args.config, args.overrides)
     if args.dataset not in cfg.data:
         raise ConfigError(f"--dataset {args.dataset!r}: the config {cfg.source} has {list(cfg.data)}")
-    branch = args.branch or cfg.branch_of(args.dataset)
-    if branch not in cfg.names:
-        raise ConfigError(f"--branch {branch!r}: the config {cfg.source} trains {cfg.names}")
+    if args.branch and args.branch not in cfg.names:
+        raise ConfigError(f"--branch {args.branch!r}: the config {cfg.source} trains {cfg.names}")
     check_writable(args.out, "--out")  # before the work, not after it
     task = get_task(cfg)
     device = select_device(cfg.train.device)
     model = load_model_for_eval(cfg, args.checkpoint, device, task)
+    branch = args.branch or branch_name(model, args.dataset)  # data.<dataset>.branch, else the dataset
     ds = build_dataset(cfg, args.dataset, cfg.data[args.dataset].train_split, False, task)
     # Whole images (eval transform) may differ in size (KITTI): batch equal sizes only.
     loader = equal_size_batches(ds, cfg.data[args.dataset].batch_size,

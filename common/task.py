@@ -24,7 +24,7 @@ Contracts
 * The model returns logits, a tensor ``(B, K, ...)``, or a dict of them
   (``{"out": ..., "aux": ...}``). Under a fused route each per-dataset head
   returns ``{dataset_name: logits_chunk}`` instead of one tensor;
-  :func:`common.dataset_specific.select_output` takes a dataset's part out of
+  :func:`common.engine.select_output` takes a dataset's part out of
   either form.
 * A criterion is ``criterion(output, batch) -> scalar loss`` where ``output``
   is that dataset's part of the model output.

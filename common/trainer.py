@@ -58,7 +58,7 @@ from torch import nn
 
 from . import dist
 from .build import (active_datasets, build_criteria, build_dataset, build_model, build_optimizer,
-                    get_task, num_classes_of)
+                    get_task, num_classes_of, strategy_of)
 from .checkpoint import (CheckpointError, check_resumable, load_checkpoint, load_model_weights,
                          model_state, rng_state, save_checkpoint, set_rng_state)
 from .config import Config, ConfigError, TrainConfig, dump_config
@@ -480,7 +480,7 @@ def _train(cfg: Config, work_dir: str, resume: Optional[str], overwrite: bool, d
     if distributed:
         # DAT runs several forwards before one backward; branches of datasets
         # that sit out a step (finetune, sequential) get no gradient.
-        find_unused = cfg.strategy.name == "finetune" or t.mode == "sequential"
+        find_unused = strategy_of(cfg).find_unused or t.mode == "sequential"
         ddp_model = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None,
             find_unused_parameters=find_unused)

@@ -6,7 +6,9 @@ import torch
 from torch import nn
 
 from common.dataset_specific import (DatasetSpecific, RouteError, collapse, convert_dataset_specific,
-                                     convert_heads, fold_bn, route, select_output)
+                                     convert_heads, route, set_aliases)
+from common.engine import select_output
+from common.fold import fold_bn
 from common.flops import count_macs, count_parameters
 from common.toy import ToyNet
 
@@ -92,6 +94,21 @@ def test_eval_routed_equals_collapsed_and_counts_match_plain():
         single = ToyNet(num_classes=k, width=8)
         assert count_parameters(plain) == count_parameters(single)
         assert count_macs(plain, x) == count_macs(single, x)
+
+
+def test_an_alias_routes_and_collapses_to_its_branch():
+    """An unseen dataset (``data.<name>.branch``) is served by a trained one's branch."""
+    m = converted().eval()
+    set_aliases(m, {"kitti360": "kitti"})
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        with route(m, "kitti"):
+            ref = m(x)
+        with route(m, "kitti360"):
+            assert torch.equal(m(x), ref)
+        assert torch.equal(collapse(m, "kitti360")(x), ref)
+    with pytest.raises(RouteError, match="waymo"):
+        set_aliases(m, {"kitti360": "waymo"})
 
 
 def test_fused_route_normalises_each_chunk_with_its_branch():

@@ -101,6 +101,7 @@ def test_dataset_aware_collapse_and_fold_match_routed_model():
     """The core's converters carry over: dataset-aware BN, route, collapse,
     fold_bn (which needs the model to be torch.fx-traceable)."""
     from common import dataset_specific
+    from common.fold import fold_bn
     torch.manual_seed(0)
     model = dataset_specific.convert_dataset_specific(build_salsanext(4, width=0.25), ["a", "b"])
     x = torch.randn(2, 5, 16, 32)
@@ -114,4 +115,4 @@ def test_dataset_aware_collapse_and_fold_match_routed_model():
         plain = dataset_specific.collapse(model, "b")
         assert count_parameters(plain) == count_parameters(build_salsanext(4, width=0.25))
         torch.testing.assert_close(plain(x), ref)
-        torch.testing.assert_close(dataset_specific.fold_bn(plain)(x), ref)
+        torch.testing.assert_close(fold_bn(plain)(x), ref)

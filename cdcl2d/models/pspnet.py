@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from common.dataset_specific import map_logits
+from common.engine import map_logits
 
 from .resnet import NormLayer, build_resnet
 
