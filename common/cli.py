@@ -183,11 +183,9 @@ def cmd_precise_bn(args) -> int:
 def cmd_demo(args) -> int:
     from .errors import UserError
 
-    task = TASKS._items.get(args.task) if args.task in TASKS else None
-    if not hasattr(task, "demo"):
-        with_demo = [n for n in TASKS.names() if hasattr(TASKS.get(n), "demo")]
-        raise UserError(f"--task {args.task!r} has no demo; tasks with one: {', '.join(with_demo)}")
-    return int(task.demo(args) or 0)
+    if args.task not in TASKS:
+        raise UserError(f"--task {args.task!r}: no such task; tasks: {', '.join(TASKS.names())}")
+    return int(TASKS.get(args.task).demo(args) or 0)
 
 
 def cmd_synth(args) -> int:

@@ -2,8 +2,10 @@
 
 A task (``"3d"`` for range-image LiDAR, ``"2d"`` for images, ``"toy"`` for the
 core's own tests) subclasses :class:`Task` and registers an instance in
-:data:`common.registry.TASKS`. The trainer, ``cdcl eval`` and ``cdcl info``
-talk to datasets and models only through these methods.
+:data:`common.registry.TASKS`. The trainer and every ``cdcl`` command talk
+to datasets and models only through these methods; a feature a task lacks
+(predictions, pictures, a demo) raises a :class:`common.errors.UserError`
+that says so, or does nothing where it is optional (TensorBoard images).
 
 Contracts
 ---------
@@ -129,7 +131,21 @@ class Task:
             cm.update(logits.argmax(1), batch["labels"])
         return {"dense": cm}
 
+    def predict(self, model: nn.Module, loader, name: str, dataset, device: torch.device,
+                out_dir: str, options: Dict[str, Any]) -> Optional[int]:
+        """``cdcl predict``: write ``model``'s predictions (routed to ``name`` by
+        the caller) on ``loader`` under ``out_dir`` in the benchmark's
+        submission format; ``options`` are the evaluation options plus
+        ``split``. Returns the number of files written (or None)."""
+        from .errors import UserError
+        raise UserError(f"the {self.name!r} task writes no predictions (cdcl predict)")
+
     # -- pictures ---------------------------------------------------------------
+    def log_images(self, writer, model: nn.Module, datasets: Dict[str, Any], cfg, device: torch.device,
+                   step: int) -> None:
+        """TensorBoard pictures of ``datasets`` (the validation sets) at each
+        evaluation during training; the default draws none."""
+
     def show(self, cfg, name: str, split: str, index: int, checkpoint: Optional[str] = None,
              color: Optional[str] = None, png: Optional[str] = None, **options: Any) -> Optional[str]:
         """``cdcl show CONFIG``: draw sample ``index`` of dataset ``name``
@@ -140,6 +156,11 @@ class Task:
         show`` options (picture size, camera ...); a task reads those it knows."""
         from .errors import ShowError
         raise ShowError(f"the {self.name!r} task draws no pictures")
+
+    def demo(self, args) -> int:
+        """``cdcl demo --task NAME``: generate data, train, print a table."""
+        from .errors import UserError
+        raise UserError(f"the {self.name!r} task has no demo (cdcl demo --task 3d or 2d)")
 
     def miou_mode(self, name: str, cfg: Dict[str, Any]) -> str:
         """``"all"`` (SemanticKITTI: every class, absent ones 0) or ``"present"``

@@ -532,7 +532,7 @@ def _train(cfg: Config, work_dir: str, resume: Optional[str], overwrite: bool, d
                     for var, s in r["variants"].items():
                         writer.add_scalar(f"val/{n}/miou_{var}", s["miou"], step)
                         writer.add_scalar(f"val/{n}/acc_{var}", s["acc"], step)
-            if writer and t.tb_images and hasattr(task, "log_images"):
+            if writer and t.tb_images:
                 try:
                     task.log_images(writer, model, val_sets, cfg, device, step)
                 except Exception as exc:  # pictures must never stop a run
