@@ -297,6 +297,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="a much shorter run (smoke test)")
     p.set_defaults(func=cmd_demo)
 
+    from . import study
+    p = add_command(sub, "study", study.HELP, study.EXAMPLE)
+    study.add_arguments(p)
+    p.set_defaults(func=study.run_from_args)
+
     p = add_command(sub, "synth", "write generated datasets in the real on-disk formats",
                     "cdcl synth lidar --out data/synth/lidar --scans 60")
     tsub = p.add_subparsers(dest="target", metavar="TARGET")
