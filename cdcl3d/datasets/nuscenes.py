@@ -38,14 +38,10 @@ from .labelmap import NuScenesLabelMap, nuscenes_challenge_classes
 logger = logging.getLogger(__name__)
 
 
-def read_points(path: str) -> np.ndarray:
-    """Read a nuScenes ``.pcd.bin`` as ``(N, 5)`` float32 (x, y, z, intensity, ring)."""
-    return base.read_points(path, 5)
-
-
-def read_labels(path: str, num_points: int) -> np.ndarray:
-    """Read a lidarseg ``.bin`` as ``(N,)`` uint8 fine ids; checks the count."""
-    return base.read_labels(path, num_points, np.uint8)
+#: read a nuScenes ``.pcd.bin``: ``(N, 5)`` float32 x, y, z, intensity, ring
+read_points = functools.partial(base.read_points, columns=5)
+#: read a lidarseg ``.bin``: ``(N,)`` uint8 fine ids (count checked)
+read_labels = functools.partial(base.read_labels, dtype=np.uint8)
 
 
 def load_nuscenes(root: str, version: str) -> Any:

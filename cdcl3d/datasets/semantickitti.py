@@ -15,6 +15,7 @@ without any scan is a ``DataError`` naming its folder.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from typing import Any, Dict, List, Optional, Sequence
@@ -30,14 +31,10 @@ from .labelmap import KittiFormatLabelMap, SemanticKittiLabelMap
 logger = logging.getLogger(__name__)
 
 
-def read_points(path: str) -> np.ndarray:
-    """Read a SemanticKITTI ``.bin`` scan as a ``(N, 4)`` float32 array."""
-    return base.read_points(path, 4)
-
-
-def read_labels(path: str, num_points: int) -> np.ndarray:
-    """Read a ``.label`` file as ``(N,)`` uint32 raw ids; checks the count."""
-    return base.read_labels(path, num_points, np.uint32)
+#: read a SemanticKITTI ``.bin`` scan: ``(N, 4)`` float32 x, y, z, remission
+read_points = functools.partial(base.read_points, columns=4)
+#: read a ``.label`` file: ``(N,)`` uint32 raw ids (count checked)
+read_labels = functools.partial(base.read_labels, dtype=np.uint32)
 
 
 class KittiFormatReader(ScanReader):
