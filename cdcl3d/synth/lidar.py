@@ -34,12 +34,10 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from importlib import resources
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
-import yaml
 
 from .sensors import KITTI_SENSOR, NUSCENES_SENSOR, POSS_SENSOR, Sensor, scan
 from .world import (KINDS, KITTI_OF_KIND, KITTI_STYLE, NUSCENES_FINE, NUSCENES_OF_KIND,
@@ -361,52 +359,45 @@ def generate_lidar(out: str, seed: int = 0, scans: int = 60, points_scale: float
 
 
 # -- statistics -----------------------------------------------------------------
-def _package_yaml(name: str) -> dict:
-    res = resources.files("cdcl3d").joinpath(f"data/{name}")
-    if not res.is_file():
-        raise FileNotFoundError(f"{res}: the label config is missing from the cdcl3d package")
-    return yaml.safe_load(res.read_text(encoding="utf-8"))
-
-
 def _kitti_yaml() -> dict:
-    return _package_yaml("semantic-kitti.yaml")
+    from ..datasets.labelmap import load_semantic_kitti_yaml
+    return load_semantic_kitti_yaml()
 
 
-#: the KITTI-layout sets and their label yaml (raw id -> training class, real point shares)
-_LABEL_YAML = {"semantickitti": "semantic-kitti.yaml", "semanticposs": "semantic-poss.yaml"}
+#: the generated sets in SemanticKITTI's layout; each is compared with the point
+#: shares of its dataset type's label map (:mod:`cdcl3d.datasets.specs`)
+KITTI_LAYOUT = ("semantickitti", "semanticposs")
 
 
-def real_histogram(cfg: dict) -> Tuple[List[str], np.ndarray]:
-    """Names and point shares of the training classes of a semantic-kitti-api
-    label yaml (its ``content`` mapped through ``learning_map``)."""
-    lm = cfg["learning_map"]
-    n = max(lm.values()) + 1
-    share = np.zeros(n)
-    for raw, ratio in cfg["content"].items():
-        share[lm[raw]] += ratio
-    names = [cfg["labels"][cfg["learning_map_inv"][i]] for i in range(1, n)]
-    return names, share[1:] / share[1:].sum()
+def real_histogram(dataset: str) -> Tuple[List[str], np.ndarray]:
+    """Names and real point shares of the training classes of dataset type
+    ``dataset`` (its label map's ``content`` by train id)."""
+    from ..datasets.specs import DATASET_TYPES
+
+    lm = DATASET_TYPES[dataset].label_map({})
+    return list(lm.class_names), lm.content_by_train_id()
 
 
 def kitti_real_histogram() -> Tuple[List[str], np.ndarray]:
     """Names and point shares of the 19 training classes in the real SemanticKITTI."""
-    return real_histogram(_kitti_yaml())
+    return real_histogram("semantickitti")
 
 
-def _kitti_layout_histogram(seq_root: str, cfg: dict) -> dict:
-    lut = np.zeros(1 << 16, np.int64)
-    for raw, cls in cfg["learning_map"].items():
-        lut[raw] = cls
-    names, real = real_histogram(cfg)
-    counts = np.zeros(len(names) + 1, np.int64)
+def _kitti_layout_histogram(seq_root: str, dataset: str) -> dict:
+    from ..datasets.specs import DATASET_TYPES
+
+    label_map = DATASET_TYPES[dataset].label_map({})
+    names, real = real_histogram(dataset)
+    counts = np.zeros(len(names) + 1, np.int64)  # 0: ignored, then the classes
     for seq in sorted(os.listdir(seq_root)):
         lab_dir = os.path.join(seq_root, seq, "labels")
         if not os.path.isdir(lab_dir):
             continue
         for f in sorted(os.listdir(lab_dir)):
             if f.endswith(".label"):
-                lab = np.fromfile(os.path.join(lab_dir, f), np.uint32) & 0xFFFF
-                counts += np.bincount(lut[lab], minlength=len(counts))
+                train = label_map.to_train(np.fromfile(os.path.join(lab_dir, f), np.uint32))
+                counts += np.bincount(np.where(train == label_map.ignore_index, 0, train + 1),
+                                      minlength=len(counts))
     gen = counts[1:] / max(1, counts[1:].sum())
     return {"names": names, "counts": counts[1:], "generated": gen, "real": real,
             "tvd": float(0.5 * np.abs(gen - real).sum()), "ignored": int(counts[0]),
@@ -425,10 +416,10 @@ def class_histogram(root: str) -> dict:
     A dataset whose folder is missing is left out.
     """
     result: dict = {}
-    for name, label_yaml in _LABEL_YAML.items():
+    for name in KITTI_LAYOUT:
         seq_root = os.path.join(root, name, "sequences")
         if os.path.isdir(seq_root):
-            result[name] = _kitti_layout_histogram(seq_root, _package_yaml(label_yaml))
+            result[name] = _kitti_layout_histogram(seq_root, name)
     seg = os.path.join(root, "nuscenes", "lidarseg", NUSCENES_VERSION)
     if os.path.isdir(seg):
         counts = np.zeros(len(NUSCENES_FINE), np.int64)
@@ -444,11 +435,13 @@ def class_histogram(root: str) -> dict:
 def format_histogram(hist: dict) -> str:
     """The tables printed by ``cdcl synth lidar --stats``."""
     lines = []
-    for name, title in (("semantickitti", "SemanticKITTI"), ("semanticposs", "SemanticPOSS")):
+    from ..datasets.specs import DATASET_TYPES
+
+    for name in KITTI_LAYOUT:
         if name not in hist:
             continue
         h = hist[name]
-        lines.append(f"{title}: {h['points']} points ({h['ignored']} ignored)")
+        lines.append(f"{DATASET_TYPES[name].title}: {h['points']} points ({h['ignored']} ignored)")
         lines.append(f"{'class':16s} {'generated %':>12s} {'real %':>8s}")
         for n, g, r in zip(h["names"], h["generated"], h["real"]):
             lines.append(f"{n:16s} {100 * g:12.3f} {100 * r:8.3f}")
