@@ -163,3 +163,15 @@ def test_a_run_of_another_config_is_refused(tmp_path):
         f.write(open(runs[0].config_path).read().replace("lr: 0.05", "lr: 0.07"))
     with pytest.raises(ConfigError, match=r"holds a run of another config \(train.lr: 0.07 in the run, 0.05 now"):
         plan(study, out)
+
+
+@pytest.mark.parametrize("name", ["lidar_synth", "lidar", "images_synth_cityscapes_bdd100k",
+                                  "images_cityscapes_bdd100k", "images_synth_all", "images_all"])
+def test_shipped_studies_resolve_with_equal_samples(tmp_path, name):
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "studies",
+                        name + ".yaml")
+    study = load_study(path, seeds=[0])
+    runs, meta = plan(study, str(tmp_path))  # refuses unequal samples
+    assert not meta["fairness"]["unequal"] and len(runs) == len(study.methods)
+    for d in study.datasets:  # every reported dataset has its baseline
+        assert any(m["label"] == study.baseline and d in m["evaluates"] for m in meta["methods"].values())
