@@ -591,7 +591,7 @@ def _fmt(x: float, digits: int = 1, sign: bool = False) -> str:
 
 
 def _ci_text(ci: Dict[str, float], sign: bool = False) -> str:
-    if ci["n"] == 0:
+    if ci["n"] < 2 or ci["lo"] is None or math.isnan(ci["lo"]):
         return "n/a"
     return f"[{_fmt(ci['lo'], 1, sign)}, {_fmt(ci['hi'], 1, sign)}]"
 
@@ -625,6 +625,8 @@ def analyse(meta: Dict[str, Any], results: Dict[str, Dict[int, Any]]) -> Dict[st
             unp = stats.unpaired_diff(summary[d][m]["values"], bvals)
             vs[d][m] = dict(diff, verdict=stats.verdict(diff), unpaired=unp)
             names = _class_names(results[m], d)
+            if not names or not bnames:  # no finished run of one side yet
+                continue
             if names != bnames:
                 vs[d][m]["note"] = "other label space: mIoU over " + (f"{len(names)} classes" if names else "?")
                 continue
@@ -793,6 +795,8 @@ def plot_figures(meta: Dict[str, Any], an: Dict[str, Any], out: str) -> List[str
                 ax.plot([i] * len(vals), vals, "k.", ms=4)
             ax.set_xticks(range(len(ms)))
             ax.set_xticklabels(ms, rotation=35, ha="right", fontsize=8)
+            lo, hi = ax.get_ylim()  # mIoU lives in [0, 100]: intervals of few seeds may reach past it
+            ax.set_ylim(max(lo, 0.0), min(hi, 100.0))
             ax.set_title(d)
             ax.set_ylabel("mIoU (%), mean and 95% CI")
         fig.tight_layout()
