@@ -1,4 +1,7 @@
-"""The training loop: a plain function that reads top to bottom.
+"""The training loop: a plain function that reads top to bottom, in pieces
+that each read alone: :func:`setup` (data, model, loss, optimiser into a
+:class:`Run`), :func:`resume_run`, :func:`train_one_step`, :func:`evaluate`
+(and :func:`evaluate_and_keep_best`), :func:`save`.
 
 ``train(cfg, work_dir)`` writes::
 
@@ -51,7 +54,7 @@ import os
 import socket
 import sys
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -69,8 +72,9 @@ from .errors import PathError
 from .evaluation import evaluate_model, results_json, summary_table
 from .report import save_eval_artifacts
 from .progress import interactive
+from .task import Task
 from .utils import atomic_write_bytes, path_error, seed_everything, to_device
-from .workdir import WorkDirLock, claim_work_dir
+from .workdir import WorkDirLock, claim_work_dir, refuse_previous_run, remove_previous_run
 
 logger = logging.getLogger("cdcl")
 
@@ -162,16 +166,16 @@ def restore_scaler(scaler: Optional[torch.amp.GradScaler], state: Dict[str, Any]
                        "starting a fresh scaler (scale %g)", path, scaler.get_scale())
 
 
-def _claim_work_dir(work_dir: str, refuse_previous_run: bool = False) -> Optional[WorkDirLock]:
-    """Rank 0 checks and locks the work dir (and, with ``refuse_previous_run``,
-    refuses one that holds a run); when it refuses, every rank stops with its
+def _claim_work_dir(work_dir: str, new_run: bool = False) -> Optional[WorkDirLock]:
+    """Rank 0 checks and locks the work dir (and, for a ``new_run``, refuses one
+    that holds a run); when it refuses, every rank stops with its
     message (none is left waiting for rank 0)."""
     lock, error, refusal = None, None, None
     if dist.is_main():
         try:
             lock = claim_work_dir(work_dir)
-            if refuse_previous_run:
-                _refuse_previous_run(work_dir)
+            if new_run:
+                refuse_previous_run(work_dir)
         except Exception as exc:
             if lock is not None:
                 lock.release()
@@ -186,53 +190,6 @@ def _claim_work_dir(work_dir: str, refuse_previous_run: bool = False) -> Optiona
     if kind in ("PathError", "CheckpointError"):
         raise (PathError if kind == "PathError" else CheckpointError)(message)
     raise RuntimeError(f"rank 0 could not claim {work_dir}: {kind}: {message}")
-
-
-#: what a run writes besides its iter_*.pth checkpoints and tb/ (config.yaml is rewritten anyway)
-RUN_FILES = ("log.jsonl", os.path.join("checkpoints", "latest.pth"), os.path.join("checkpoints", "best.pth"),
-             "results.json", "env.json", "config.yaml")
-
-
-def previous_run(work_dir: str) -> List[str]:
-    """The outputs of an earlier run in ``work_dir`` (paths relative to it):
-    its log, checkpoints, results, TensorBoard logs and saved environment."""
-    found = [name for name in RUN_FILES if os.path.isfile(os.path.join(work_dir, name))]
-    found += sorted(os.path.relpath(p, work_dir) for p in glob.glob(
-        os.path.join(glob.escape(os.path.join(work_dir, "checkpoints")), "iter_*.pth")))
-    if os.path.isdir(os.path.join(work_dir, "tb")) and os.listdir(os.path.join(work_dir, "tb")):
-        found.append("tb" + os.sep)
-    return found
-
-
-def _refuse_previous_run(work_dir: str) -> None:
-    """A work dir with a log or a checkpoint holds a run: training into it
-    again needs ``--resume`` or ``--overwrite`` (a :class:`PathError` says so)."""
-    found = previous_run(work_dir)
-    if [name for name in found if name not in ("config.yaml", "env.json")]:
-        shown = ", ".join(found[:5]) + (", ..." if len(found) > 5 else "")
-        raise PathError(f"work dir {work_dir} already holds a run ({shown}): `--resume auto` continues it, "
-                        "`--overwrite` removes its outputs and starts again at step 0, or choose another "
-                        "--work-dir")
-
-
-def _remove_previous_run(work_dir: str) -> None:
-    """``--overwrite``: remove what :func:`previous_run` finds, nothing else."""
-    import shutil
-
-    found = previous_run(work_dir)
-    for name in found:
-        path = os.path.join(work_dir, name)
-        try:
-            if os.path.isdir(path):
-                shutil.rmtree(path)
-            else:
-                os.remove(path)
-        except FileNotFoundError:
-            pass
-        except OSError as exc:
-            raise path_error(exc, path, "remove") from exc
-    if found:
-        logger.info("--overwrite: removed the previous run's %s from %s", ", ".join(found), work_dir)
 
 
 def _results_current(work_dir: str, checkpoint: str) -> bool:
@@ -366,25 +323,6 @@ def format_train_line(record: Dict[str, Any], iterations: int) -> str:
     return ", ".join(parts)
 
 
-def _start_log(cfg: Config, t: TrainConfig, work_dir: str, device: torch.device, start: int,
-               resume_path: Optional[str]) -> _JsonLog:
-    """Save the config and the environment, open ``log.jsonl`` with a ``start``
-    record, and log the work dir, the environment and the config."""
-    env = collect_env(device)
-    config_path = os.path.join(work_dir, "config.yaml")
-    dump_config(cfg, config_path)
-    atomic_write_bytes(os.path.join(work_dir, "env.json"), json.dumps(env, indent=2).encode("utf-8"))
-    jlog = _JsonLog(os.path.join(work_dir, "log.jsonl"))
-    logger.info("work dir %s (attempt %d)", os.path.abspath(work_dir), jlog.attempt)
-    logger.info("environment: %s", format_env(env))
-    logger.info("config (saved to %s):\n%s", config_path, _config_text(cfg).rstrip())
-    jlog.write({"step": start, "type": "start", "resumed_from": resume_path,
-                "iterations": t.iterations, "epochs": cfg.train.epochs, "world_size": dist.world_size(),
-                "pid": os.getpid(), "host": socket.gethostname(), "time": time.strftime("%Y-%m-%d %H:%M:%S"),
-                "work_dir": os.path.abspath(work_dir), "env": env})
-    return jlog
-
-
 def train(cfg: Config, work_dir: str, resume: Optional[str] = None, overwrite: bool = False) -> Dict[str, Any]:
     """Train ``cfg`` into ``work_dir``; returns the final evaluation per dataset.
 
@@ -399,25 +337,65 @@ def train(cfg: Config, work_dir: str, resume: Optional[str] = None, overwrite: b
     if device.type == "cuda":
         torch.cuda.set_device(device)
     # before any work: a refused run has changed nothing
-    lock = _claim_work_dir(work_dir, refuse_previous_run=not resume and not overwrite)
+    lock = _claim_work_dir(work_dir, new_run=not resume and not overwrite)
     try:
-        return _train(cfg, work_dir, resume, overwrite, device, distributed, autocast)
+        run = setup(cfg, work_dir, device, autocast)
+        resume_run(run, _resolve_resume(resume, work_dir))  # every check before the work dir changes
+        finished = run.start >= run.t.iterations
+        if finished:  # nothing left to train: evaluate unless results.json came after the checkpoint
+            previous = _current_results(run)
+            if previous is not None:
+                return previous
+        model = _wrap_ddp(run) if distributed else run.model
+        if dist.is_main():
+            if overwrite:
+                remove_previous_run(work_dir)
+            _start_log(run, finished)
+        return _train_loop(run, model, finished)
     finally:
         if lock is not None:
             lock.release()
 
 
-def _train(cfg: Config, work_dir: str, resume: Optional[str], overwrite: bool, device: torch.device,
-           distributed: bool, autocast) -> Dict[str, Any]:
-    main = dist.is_main()
+@dataclasses.dataclass
+class Run:
+    """One training run: what :func:`setup` builds, :func:`resume_run`
+    restores and every step, checkpoint and evaluation then reads or moves on."""
+
+    cfg: Config
+    t: TrainConfig  # cfg.train with the run's length in iterations (train.epochs converted)
+    work_dir: str
+    device: torch.device
+    autocast: Callable[[], Any]
+    task: Task
+    loaders: MultiLoader
+    model: nn.Module  # the plain module (DDP wraps it for the steps only)
+    criteria: Dict[str, Callable]
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: Optional[torch.amp.GradScaler]
+    num_classes: Dict[str, int]
+    start: int = 0
+    best: float = -1.0
+    best_iter: Optional[int] = None
+    resume_path: Optional[str] = None
+    jlog: _JsonLog = dataclasses.field(default_factory=lambda: _JsonLog(None))
+    writer: Any = None  # TensorBoard, rank 0
+    val_sets: Dict[str, Any] = dataclasses.field(default_factory=dict)  # built at the first evaluation
+
+    @property
+    def latest(self) -> str:
+        return os.path.join(self.work_dir, "checkpoints", "latest.pth")
+
+
+def setup(cfg: Config, work_dir: str, device: torch.device, autocast: Callable[[], Any]) -> Run:
+    """Data, model, loss and optimiser for ``cfg`` (the same seed on every rank
+    for the weights; the data order is sharded by rank)."""
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    # Same seed on every rank for the weights; data order is sharded by rank.
     seed_everything(cfg.train.seed)
     task = get_task(cfg)
     names = cfg.names
-
-    # -- data, model, loss, optimiser --------------------------------------------
     train_sets = {n: build_dataset(cfg, n, cfg.data[n].train_split, True, task) for n in names}
     num_classes = {n: num_classes_of(ds) for n, ds in train_sets.items()}
     loaders = MultiLoader({
@@ -429,227 +407,280 @@ def _train(cfg: Config, work_dir: str, resume: Optional[str], overwrite: bool, d
     # the run's length in iterations (train.epochs converted once); cfg keeps what was written
     t = dataclasses.replace(cfg.train, iterations=iterations_for(cfg, loaders))
     model = build_model(cfg, num_classes, task).to(device)
-    if cfg.strategy.sync_bn and distributed:
+    if cfg.strategy.sync_bn and dist.is_distributed():
         from .sync_bn import convert_sync_batchnorm
         model = convert_sync_batchnorm(model)
-    criteria = build_criteria(cfg, train_sets, task)
     optimizer, scheduler = build_optimizer(dataclasses.replace(cfg, train=t), model)
-    if distributed:  # identical weights everywhere, different dropout per rank
+    if dist.is_distributed():  # identical weights everywhere, different dropout per rank
         seed_everything(t.seed + 1000 * dist.rank())
-    weights = {n: cfg.data[n].loss_weight for n in names}
-    scaler = torch.amp.GradScaler("cuda") if t.amp == "fp16" else None
+    return Run(cfg=cfg, t=t, work_dir=work_dir, device=device, autocast=autocast, task=task, loaders=loaders,
+               model=model, criteria=build_criteria(cfg, train_sets, task), optimizer=optimizer,
+               scheduler=scheduler, scaler=torch.amp.GradScaler("cuda") if t.amp == "fp16" else None,
+               num_classes=num_classes)
 
-    # -- resume: every check before anything in the work dir changes --------------
-    start, best, best_iter = 0, -1.0, None
-    ckpt_dir = os.path.join(work_dir, "checkpoints")
-    latest = os.path.join(ckpt_dir, "latest.pth")
-    resume_path = _resolve_resume(resume, work_dir)
-    if resume_path:
-        state = load_checkpoint(resume_path, map_location=device)
-        check_resumable(state, resume_path)
-        load_model_weights(model, state, resume_path, num_classes, cfg.to_dict())
-        try:
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-        except (ValueError, KeyError, RuntimeError) as exc:
-            raise CheckpointError(f"cannot resume from {resume_path}: its optimizer state does not fit "
-                                  f"this config's optimizer ({exc})") from None
-        loaders.load_state_dict(state["loaders"])
-        restore_scaler(scaler, state, resume_path)
-        start, best = int(state["step"]), float(state.get("best_miou", -1.0))
-        best_iter = state.get("best_iter")
-        if "rng" in state and not distributed:
-            set_rng_state(state["rng"])
-        if main:
-            logger.info("resumed from %s at step %d", resume_path, start)
-        if start < t.iterations:
-            continue_schedule(optimizer, scheduler, start, _saved_iterations(state), t.iterations)
-    finished = start >= t.iterations
-    if finished:  # nothing left to train: evaluate unless results.json came after the checkpoint
-        previous = None
-        if main and _results_current(work_dir, resume_path):
-            with open(os.path.join(work_dir, "results.json"), encoding="utf-8") as f:
-                previous = json.load(f)
-            logger.info("run finished at step %d; its results are in %s", start,
-                        os.path.join(work_dir, "results.json"))
-        previous = dist.broadcast_object(previous)
-        if previous is not None:
-            return previous
 
-    ddp_model: nn.Module = model
-    if distributed:
-        # DAT runs several forwards before one backward; branches of datasets
-        # that sit out a step (finetune, sequential) get no gradient.
-        find_unused = strategy_of(cfg).find_unused or t.mode == "sequential"
-        ddp_model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=find_unused)
+def resume_run(run: Run, path: Optional[str]) -> None:
+    """Weights, optimiser, schedule, data order, scaler, step, best and RNG
+    from the checkpoint ``path`` (None: start at step 0)."""
+    if not path:
+        return
+    state = load_checkpoint(path, map_location=run.device)
+    check_resumable(state, path)
+    load_model_weights(run.model, state, path, run.num_classes, run.cfg.to_dict())
+    try:
+        run.optimizer.load_state_dict(state["optimizer"])
+        run.scheduler.load_state_dict(state["scheduler"])
+    except (ValueError, KeyError, RuntimeError) as exc:
+        raise CheckpointError(f"cannot resume from {path}: its optimizer state does not fit "
+                              f"this config's optimizer ({exc})") from None
+    run.loaders.load_state_dict(state["loaders"])
+    restore_scaler(run.scaler, state, path)
+    run.start, run.best = int(state["step"]), float(state.get("best_miou", -1.0))
+    run.best_iter, run.resume_path = state.get("best_iter"), path
+    if "rng" in state and not dist.is_distributed():
+        set_rng_state(state["rng"])
+    if dist.is_main():
+        logger.info("resumed from %s at step %d", path, run.start)
+    if run.start < run.t.iterations:
+        continue_schedule(run.optimizer, run.scheduler, run.start, _saved_iterations(state), run.t.iterations)
 
-    # -- logging (rank 0 only) -----------------------------------------------------
-    writer, jlog, bar = None, _JsonLog(None), None
-    if main:
-        if overwrite:
-            _remove_previous_run(work_dir)
-        jlog = _start_log(cfg, t, work_dir, device, start, resume_path)
-        if not finished:
-            batches = ", ".join(f"{n} (batch {cfg.data[n].batch_size})" for n in names)
-            logger.info("training steps %d-%d of %d: %s; a log line every %d steps, losses averaged over them",
-                        start + 1, t.iterations, t.iterations, batches, t.log_every)
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-            writer = SummaryWriter(os.path.join(work_dir, "tb"))
-        except ImportError:  # tensorboard is an install requirement; keep training without it
-            logger.warning("tensorboard not installed: no TensorBoard logs")
-        if t.progress and not finished and interactive():
-            from tqdm import tqdm
-            bar = tqdm(total=t.iterations, initial=start, dynamic_ncols=True, desc="train")
-    val_sets: Dict[str, Any] = {}
 
-    def checkpoint(step: int, *paths: str, quiet: bool = False) -> None:
-        save_checkpoint({
-            "model": model_state(model), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "step": step, "iterations": t.iterations,
-            "best_miou": best, "best_metric": best, "best_iter": best_iter,
-            "loaders": loaders.state_dict(), "rng": rng_state(),
-            "scaler": scaler.state_dict() if scaler is not None else {},
-            "num_classes": num_classes, "config": _config_text(cfg),
-        }, *paths)
-        if not quiet:
-            logger.info("checkpoint of iter %d saved to %s", step, ", ".join(paths))
+def _current_results(run: Run) -> Optional[Dict[str, Any]]:
+    """A finished run's ``results.json`` when it came after its final checkpoint
+    (None: the evaluation is missing); every rank gets rank 0's answer."""
+    previous = None
+    if dist.is_main() and _results_current(run.work_dir, run.resume_path):
+        with open(os.path.join(run.work_dir, "results.json"), encoding="utf-8") as f:
+            previous = json.load(f)
+        logger.info("run finished at step %d; its results are in %s", run.start,
+                    os.path.join(run.work_dir, "results.json"))
+    return dist.broadcast_object(previous)
 
-    def evaluate(step: int) -> Dict[str, Any]:
-        rng = rng_state()  # evaluating never moves training's random streams
-        try:
-            for n in cfg.eval_names:  # trained datasets, then unseen ones (through their branch)
-                if n not in val_sets:
-                    val_sets[n] = build_dataset(cfg, n, cfg.data[n].val_split, False, task)
-            results = evaluate_model(cfg, model, device, val_sets, task)
-            record = {"step": step, "type": "eval"}
-            for n, r in results.items():
-                record[f"{n}/miou"] = r["miou"]
-                record[f"{n}/acc"] = r["acc"]
-                if writer:
-                    for var, s in r["variants"].items():
-                        writer.add_scalar(f"val/{n}/miou_{var}", s["miou"], step)
-                        writer.add_scalar(f"val/{n}/acc_{var}", s["acc"], step)
-            if writer and t.tb_images:
-                try:
-                    task.log_images(writer, model, val_sets, cfg, device, step)
-                except Exception as exc:  # pictures must never stop a run
-                    logger.warning("TensorBoard images failed: %s", exc)
-            jlog.write(record)
-            if main:
-                logger.info("eval at iter %d: %s", step,
-                            ", ".join(f"{n} mIoU {r['miou']:.4f}" for n, r in results.items()))
-            return results
-        finally:
-            set_rng_state(rng)
 
-    def evaluate_and_keep_best(step: int, latest_saved: bool) -> Dict[str, Any]:
-        """Evaluate; a failure is logged and raised with the weights of ``step``
-        saved in latest.pth; a new best goes to best.pth (and to latest.pth
-        when that holds this step, so that a resume knows the best)."""
-        nonlocal best, best_iter
-        try:
-            results = evaluate(step)
-        except Exception as exc:
-            if main:
-                if not latest_saved:
-                    checkpoint(step, latest)
-                jlog.write({"step": step, "type": "eval_failed", "error": f"{type(exc).__name__}: {exc}"})
-                logger.error("evaluation at step %d failed; the weights of step %d are saved in %s: "
-                             "once the cause is fixed, `cdcl train %s --work-dir %s --resume auto` "
-                             "continues from them", step, step, latest, cfg.source or "CONFIG", work_dir)
-            raise
-        mean_miou = sum(results[n]["miou"] for n in names) / len(names)  # trained datasets
-        if main and mean_miou > best:
-            best, best_iter = mean_miou, step
-            path = os.path.join(ckpt_dir, "best.pth")
-            checkpoint(step, path, *([latest] if latest_saved else []), quiet=True)
-            logger.info("best mIoU %.4f at iter %d saved to %s%s", best, step, path,
-                        f" (mean over {', '.join(names)})" if len(names) > 1 else "")
-        return results
+def _wrap_ddp(run: Run) -> nn.Module:
+    # DAT runs several forwards before one backward; branches of datasets
+    # that sit out a step (a switching strategy, sequential mode) get no gradient.
+    device = run.device
+    return nn.parallel.DistributedDataParallel(
+        run.model, device_ids=[device.index] if device.type == "cuda" else None,
+        find_unused_parameters=strategy_of(run.cfg).find_unused or run.t.mode == "sequential")
 
-    # -- the loop ------------------------------------------------------------------
+
+def _start_log(run: Run, finished: bool) -> None:
+    """Rank 0: save the config and the environment, open ``log.jsonl`` with a
+    ``start`` record, log the work dir, the environment, the config and what
+    the steps will be; TensorBoard."""
+    cfg, t, work_dir = run.cfg, run.t, run.work_dir
+    env = collect_env(run.device)
+    config_path = os.path.join(work_dir, "config.yaml")
+    dump_config(cfg, config_path)
+    atomic_write_bytes(os.path.join(work_dir, "env.json"), json.dumps(env, indent=2).encode("utf-8"))
+    run.jlog = _JsonLog(os.path.join(work_dir, "log.jsonl"))
+    logger.info("work dir %s (attempt %d)", os.path.abspath(work_dir), run.jlog.attempt)
+    logger.info("environment: %s", format_env(env))
+    logger.info("config (saved to %s):\n%s", config_path, _config_text(cfg).rstrip())
+    run.jlog.write({"step": run.start, "type": "start", "resumed_from": run.resume_path,
+                    "iterations": t.iterations, "epochs": cfg.train.epochs, "world_size": dist.world_size(),
+                    "pid": os.getpid(), "host": socket.gethostname(), "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+                    "work_dir": os.path.abspath(work_dir), "env": env})
+    if not finished:
+        batches = ", ".join(f"{n} (batch {cfg.data[n].batch_size})" for n in cfg.names)
+        logger.info("training steps %d-%d of %d: %s; a log line every %d steps, losses averaged over them",
+                    run.start + 1, t.iterations, t.iterations, batches, t.log_every)
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+        run.writer = SummaryWriter(os.path.join(work_dir, "tb"))
+    except ImportError:  # tensorboard is an install requirement; keep training without it
+        logger.warning("tensorboard not installed: no TensorBoard logs")
+
+
+def _train_loop(run: Run, model: nn.Module, finished: bool) -> Dict[str, Any]:
+    """Steps ``run.start`` .. ``iterations``: each one trained, logged, then
+    checkpointed and evaluated when due; then the final results."""
+    t, main = run.t, dist.is_main()
     results: Dict[str, Any] = {}
     window = LossWindow()  # the steps since the last log line
     spent, steps_run = 0.0, 0  # seconds in training steps this attempt (for the eta)
     t0 = time.time()
     with contextlib.ExitStack() as stack:
-        if bar is not None:  # log lines go above the bar, not through it
+        bar = None
+        if main and t.progress and not finished and interactive():
+            from tqdm import tqdm
             from tqdm.contrib.logging import logging_redirect_tqdm
-            stack.enter_context(logging_redirect_tqdm())
+            bar = tqdm(total=t.iterations, initial=run.start, dynamic_ncols=True, desc="train")
+            stack.enter_context(logging_redirect_tqdm())  # log lines go above the bar, not through it
             stack.callback(bar.close)
-        stack.callback(jlog.close)
-        if writer:
-            stack.callback(writer.close)
+        stack.callback(run.jlog.close)
+        if run.writer:
+            stack.callback(run.writer.close)
 
-        for step in range(start, t.iterations):
-            tic = time.perf_counter()
-            batches = to_device(loaders.next(active_datasets(cfg, step)), device)
-            data_time = time.perf_counter() - tic
-            lr = optimizer.param_groups[0]["lr"]  # the lr of this step
-            losses = train_step(ddp_model, batches, criteria, optimizer, t.mode, weights,
-                                forward=task.forward, autocast=autocast, scaler=scaler,
-                                clip_grad=t.clip_grad, on_nonfinite=t.on_nonfinite, step=step)
-            scheduler.step()
+        for step in range(run.start, t.iterations):
+            lr = run.optimizer.param_groups[0]["lr"]  # the lr of this step
+            losses, iter_time, data_time = train_one_step(run, model, step)
             done = step + 1
             skipped = any(math.isnan(v) for v in losses.values())
-            iter_time = time.perf_counter() - tic
             window.add(losses, iter_time, data_time, skipped)
             spent, steps_run = spent + iter_time, steps_run + 1
             if skipped and main:
                 logger.warning("step %d skipped: non-finite loss %s", step, losses)
-
-            log_now = done % t.log_every == 0 or done == t.iterations or skipped
-            if main and log_now:
-                record = {"step": done, "type": "train", "lr": lr, "epoch": round(loaders.epoch, 4),
-                          "time": round(time.time() - t0, 3), "skipped": skipped, **window.summary(),
-                          "eta_s": round(spent / steps_run * (t.iterations - done), 1), **memory_mb(device)}
-                jlog.write(record)
-                logger.info("%s", format_train_line(record, t.iterations))
-                if writer:
-                    for key in ("lr", "iter_time", "data_time") + tuple(k for k in record if k.startswith("loss/")):
-                        writer.add_scalar(f"train/{key.replace('/', '_')}", record[key], done)
-            if log_now:
+            if done % t.log_every == 0 or done == t.iterations or skipped:
+                if main:
+                    _log_train(run, {"step": done, "type": "train", "lr": lr,
+                                     "epoch": round(run.loaders.epoch, 4), "time": round(time.time() - t0, 3),
+                                     "skipped": skipped, **window.summary(),
+                                     "eta_s": round(spent / steps_run * (t.iterations - done), 1),
+                                     **memory_mb(run.device)})
                 window.reset()  # on every rank: the others only count
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix({n: f"{v:.3f}" for n, v in losses.items()})
-
-            last = done == t.iterations
-            periodic = done % t.checkpoint_every == 0
-            if main and (periodic or last):
-                checkpoint(done, latest)  # the weights are safe before any evaluation
-            if (t.eval_every and done % t.eval_every == 0) or last:
-                results = evaluate_and_keep_best(done, latest_saved=periodic or last)
-            if main and periodic and not last and t.keep_checkpoints > 0:
-                checkpoint(done, os.path.join(ckpt_dir, f"iter_{done:06d}.pth"))
-                for old in sorted(glob.glob(os.path.join(ckpt_dir, "iter_*.pth")))[:-t.keep_checkpoints]:
-                    os.remove(old)
-            if distributed and (last or periodic):
-                dist.barrier()  # no rank runs ahead of a checkpoint being written
+            results = _checkpoint_and_evaluate(run, done) or results
 
         if finished:  # resumed from the final checkpoint: its evaluation is missing
-            if main and os.path.abspath(resume_path) != os.path.abspath(latest):
-                checkpoint(start, latest)
-            results = evaluate_and_keep_best(start, latest_saved=True)
-
-        if distributed:
-            same = dist.replicas_identical(model)
-            if main:
-                jlog.write({"step": t.iterations, "type": "ddp", "world_size": dist.world_size(),
-                            "replicas_identical": same})
-                if not same:
-                    logger.error("DDP replicas hold different weights at the end of training")
+            if main and os.path.abspath(run.resume_path) != os.path.abspath(run.latest):
+                save(run, run.start, run.latest)
+            results = evaluate_and_keep_best(run, run.start, latest_saved=True)
         if bar is not None:
-            bar.close()
-        if main and results:
-            print(summary_table(results))
-            atomic_write_bytes(os.path.join(work_dir, "results.json"),
-                               json.dumps(results_json(results), indent=2).encode("utf-8"))
-            save_eval_artifacts(results, work_dir)  # confusion matrices (.npy, .png) and IoU charts
+            bar.close()  # before the summary table
+        _finish(run, results)
     return results_json(results) if results else {}
+
+
+def train_one_step(run: Run, model: nn.Module, step: int) -> Tuple[Dict[str, float], float, float]:
+    """One optimisation step of the active datasets; returns the losses (NaN:
+    skipped), the step's seconds and the seconds spent waiting for data."""
+    t = run.t
+    tic = time.perf_counter()
+    batches = to_device(run.loaders.next(active_datasets(run.cfg, step)), run.device)
+    data_time = time.perf_counter() - tic
+    losses = train_step(model, batches, run.criteria, run.optimizer, t.mode,
+                        {n: run.cfg.data[n].loss_weight for n in run.cfg.names}, forward=run.task.forward,
+                        autocast=run.autocast, scaler=run.scaler, clip_grad=t.clip_grad,
+                        on_nonfinite=t.on_nonfinite, step=step)
+    run.scheduler.step()
+    return losses, time.perf_counter() - tic, data_time
+
+
+def _log_train(run: Run, record: Dict[str, Any]) -> None:
+    """A ``train`` record: log.jsonl, the text log line, TensorBoard."""
+    run.jlog.write(record)
+    logger.info("%s", format_train_line(record, run.t.iterations))
+    if run.writer:
+        for key in ("lr", "iter_time", "data_time") + tuple(k for k in record if k.startswith("loss/")):
+            run.writer.add_scalar(f"train/{key.replace('/', '_')}", record[key], record["step"])
+
+
+def _checkpoint_and_evaluate(run: Run, done: int) -> Optional[Dict[str, Any]]:
+    """After step ``done``: the checkpoints that are due (latest.pth before any
+    evaluation, so that the weights are safe), the evaluation when due (its
+    results, else None) and the rotation of ``iter_*.pth``."""
+    t, main = run.t, dist.is_main()
+    last = done == t.iterations
+    periodic = done % t.checkpoint_every == 0
+    if main and (periodic or last):
+        save(run, done, run.latest)
+    results = None
+    if (t.eval_every and done % t.eval_every == 0) or last:
+        results = evaluate_and_keep_best(run, done, latest_saved=periodic or last)
+    if main and periodic and not last and t.keep_checkpoints > 0:
+        ckpt_dir = os.path.dirname(run.latest)
+        save(run, done, os.path.join(ckpt_dir, f"iter_{done:06d}.pth"))
+        for old in sorted(glob.glob(os.path.join(ckpt_dir, "iter_*.pth")))[:-t.keep_checkpoints]:
+            os.remove(old)
+    if dist.is_distributed() and (last or periodic):
+        dist.barrier()  # no rank runs ahead of a checkpoint being written
+    return results
+
+
+def save(run: Run, step: int, *paths: str, quiet: bool = False) -> None:
+    """A checkpoint of ``step`` to each of ``paths`` (atomically)."""
+    save_checkpoint({
+        "model": model_state(run.model), "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(), "step": step, "iterations": run.t.iterations,
+        "best_miou": run.best, "best_metric": run.best, "best_iter": run.best_iter,
+        "loaders": run.loaders.state_dict(), "rng": rng_state(),
+        "scaler": run.scaler.state_dict() if run.scaler is not None else {},
+        "num_classes": run.num_classes, "config": _config_text(run.cfg),
+    }, *paths)
+    if not quiet:
+        logger.info("checkpoint of iter %d saved to %s", step, ", ".join(paths))
+
+
+def evaluate(run: Run, step: int) -> Dict[str, Any]:
+    """Every dataset of the config (trained, then unseen ones through their
+    branch) at ``step``: logged, TensorBoard scalars and images; training's
+    random streams are left where they were."""
+    cfg, main = run.cfg, dist.is_main()
+    rng = rng_state()
+    try:
+        for n in cfg.eval_names:
+            if n not in run.val_sets:
+                run.val_sets[n] = build_dataset(cfg, n, cfg.data[n].val_split, False, run.task)
+        results = evaluate_model(cfg, run.model, run.device, run.val_sets, run.task)
+        record = {"step": step, "type": "eval"}
+        for n, r in results.items():
+            record[f"{n}/miou"] = r["miou"]
+            record[f"{n}/acc"] = r["acc"]
+            if run.writer:
+                for var, s in r["variants"].items():
+                    run.writer.add_scalar(f"val/{n}/miou_{var}", s["miou"], step)
+                    run.writer.add_scalar(f"val/{n}/acc_{var}", s["acc"], step)
+        if run.writer and run.t.tb_images:
+            try:
+                run.task.log_images(run.writer, run.model, run.val_sets, cfg, run.device, step)
+            except Exception as exc:  # pictures must never stop a run
+                logger.warning("TensorBoard images failed: %s", exc)
+        run.jlog.write(record)
+        if main:
+            logger.info("eval at iter %d: %s", step,
+                        ", ".join(f"{n} mIoU {r['miou']:.4f}" for n, r in results.items()))
+        return results
+    finally:
+        set_rng_state(rng)
+
+
+def evaluate_and_keep_best(run: Run, step: int, latest_saved: bool) -> Dict[str, Any]:
+    """Evaluate; a failure is logged and raised with the weights of ``step``
+    saved in latest.pth; a new best goes to best.pth (and to latest.pth
+    when that holds this step, so that a resume knows the best)."""
+    names, main = run.cfg.names, dist.is_main()
+    try:
+        results = evaluate(run, step)
+    except Exception as exc:
+        if main:
+            if not latest_saved:
+                save(run, step, run.latest)
+            run.jlog.write({"step": step, "type": "eval_failed", "error": f"{type(exc).__name__}: {exc}"})
+            logger.error("evaluation at step %d failed; the weights of step %d are saved in %s: "
+                         "once the cause is fixed, `cdcl train %s --work-dir %s --resume auto` "
+                         "continues from them", step, step, run.latest, run.cfg.source or "CONFIG", run.work_dir)
+        raise
+    mean_miou = sum(results[n]["miou"] for n in names) / len(names)  # trained datasets
+    if main and mean_miou > run.best:
+        run.best, run.best_iter = mean_miou, step
+        path = os.path.join(os.path.dirname(run.latest), "best.pth")
+        save(run, step, path, *([run.latest] if latest_saved else []), quiet=True)
+        logger.info("best mIoU %.4f at iter %d saved to %s%s", run.best, step, path,
+                    f" (mean over {', '.join(names)})" if len(names) > 1 else "")
+    return results
+
+
+def _finish(run: Run, results: Dict[str, Any]) -> None:
+    """Under DDP, check that the replicas agree; rank 0 prints the summary and
+    writes ``results.json`` and the confusion matrices."""
+    main = dist.is_main()
+    if dist.is_distributed():
+        same = dist.replicas_identical(run.model)
+        if main:
+            run.jlog.write({"step": run.t.iterations, "type": "ddp", "world_size": dist.world_size(),
+                            "replicas_identical": same})
+            if not same:
+                logger.error("DDP replicas hold different weights at the end of training")
+    if main and results:
+        print(summary_table(results))
+        atomic_write_bytes(os.path.join(run.work_dir, "results.json"),
+                           json.dumps(results_json(results), indent=2).encode("utf-8"))
+        save_eval_artifacts(results, run.work_dir)  # confusion matrices (.npy, .png) and IoU charts
 
 
 def _config_text(cfg: Config) -> str:

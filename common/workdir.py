@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import socket
 import sys
 import tempfile
@@ -31,12 +32,13 @@ import time
 from typing import List, Optional
 
 from .errors import PathError
+from .utils import path_error
 
 logger = logging.getLogger("cdcl")
 
 LOCK_NAME = "cdcl.lock"
-# what ``cdcl train`` writes: a folder there (or a file for a folder) fails late
-OUTPUT_FILES = ("config.yaml", "log.jsonl", "results.json", os.path.join("checkpoints", "latest.pth"),
+# what ``cdcl train`` writes besides iter_*.pth: a folder there (or a file for a folder) fails late
+OUTPUT_FILES = ("config.yaml", "env.json", "log.jsonl", "results.json", os.path.join("checkpoints", "latest.pth"),
                 os.path.join("checkpoints", "best.pth"))
 OUTPUT_FOLDERS = ("checkpoints", "tb")
 PROBE = ".cdcl-write-test-"  # check_work_dir's probe files
@@ -209,3 +211,43 @@ def _same_file(fd: int, path: str) -> bool:
     except OSError:
         return False
     return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
+def previous_run(work_dir: str) -> List[str]:
+    """The outputs of an earlier run in ``work_dir`` (paths relative to it):
+    its log, checkpoints, results, TensorBoard logs and saved environment."""
+    found = [name for name in OUTPUT_FILES if os.path.isfile(os.path.join(work_dir, name))]
+    found += sorted(os.path.relpath(p, work_dir) for p in glob.glob(
+        os.path.join(glob.escape(os.path.join(work_dir, "checkpoints")), "iter_*.pth")))
+    if os.path.isdir(os.path.join(work_dir, "tb")) and os.listdir(os.path.join(work_dir, "tb")):
+        found.append("tb" + os.sep)
+    return found
+
+
+def refuse_previous_run(work_dir: str) -> None:
+    """A work dir with a log or a checkpoint holds a run: training into it
+    again needs ``--resume`` or ``--overwrite`` (a :class:`PathError` says so)."""
+    found = previous_run(work_dir)
+    if [name for name in found if name not in ("config.yaml", "env.json")]:
+        shown = ", ".join(found[:5]) + (", ..." if len(found) > 5 else "")
+        raise PathError(f"work dir {work_dir} already holds a run ({shown}): `--resume auto` continues it, "
+                        "`--overwrite` removes its outputs and starts again at step 0, or choose another "
+                        "--work-dir")
+
+
+def remove_previous_run(work_dir: str) -> None:
+    """``--overwrite``: remove what :func:`previous_run` finds, nothing else."""
+    found = previous_run(work_dir)
+    for name in found:
+        path = os.path.join(work_dir, name)
+        try:
+            if os.path.isdir(path):
+                shutil.rmtree(path)
+            else:
+                os.remove(path)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise path_error(exc, path, "remove") from exc
+    if found:
+        logger.info("--overwrite: removed the previous run's %s from %s", ", ".join(found), work_dir)
