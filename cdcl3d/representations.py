@@ -34,8 +34,12 @@ class Representation:
     * ``collate(cfg, sensor)``: the DataLoader's collate function for
       ``data.<name>`` = ``cfg``; its batches carry ``representation``.
     * ``forward(model, batch)``: the logits.
-    * ``predict(model, batch, knn)``: :data:`Predictions` (``knn``: a
-      :class:`~cdcl3d.knn.KNNPostProcess` or None).
+    * ``predict(model, batch, knn, tta=None)``: :data:`Predictions` (``knn``: a
+      :class:`~cdcl3d.knn.KNNPostProcess` or None; ``tta``: a
+      :class:`~cdcl3d.tta.TTA` or None, views averaged per point).
+    * ``rebuild(cfg, sensor)``: ``(points, view) -> batch``, the scans of a
+      batch seen in a :class:`~cdcl3d.tta.View`, projected / voxelised as
+      this row's dataset and collate do it (test-time augmentation).
     * ``point_labels(batch)``, ``sample_ids(batch)``: per scan.
     * ``input_shape(sensor)``: one input ``(C, ...)`` (FLOPs, export);
       NotImplementedError where there is no dense input.
@@ -48,7 +52,8 @@ class Representation:
     dataset: Callable[[Any, Dict[str, Any], Optional[Dict[str, Any]]], torch.utils.data.Dataset]
     collate: Callable[[Dict[str, Any], Dict[str, Any]], Callable[[List[Dict[str, Any]]], Batch]]
     forward: Callable[[torch.nn.Module, Batch], Any]
-    predict: Callable[[torch.nn.Module, Batch, Any], Predictions]
+    predict: Callable[..., Predictions]
+    rebuild: Callable[[Dict[str, Any], Dict[str, Any]], Callable[[List[torch.Tensor], Any], Batch]]
     point_labels: Callable[[Batch], List[torch.Tensor]]
     sample_ids: Callable[[Batch], List[Any]]
     input_shape: Callable[[Dict[str, Any]], tuple]
@@ -74,7 +79,34 @@ def _range_collate(cfg, sensor):
     return functools.partial(_tagged, collate_range, "range")
 
 
-def _range_predict(model, batch, knn) -> Predictions:
+def _range_scores(model, batch) -> Tuple[List[torch.Tensor], torch.Tensor]:
+    logits = model(batch["inputs"])  # (B, K, H, W)
+    return [logits[b][:, r, c].t() for b, (r, c) in enumerate(zip(batch["proj_row"], batch["proj_col"]))], logits
+
+
+def _range_predict_tta(model, batch, knn, tta) -> Predictions:
+    from .tta import averaged_scores
+
+    scores, logits = averaged_scores(model, batch, tta, _range_scores)
+    # the scan's own range image with each pixel's winner's averaged label
+    # (empty pixels: the first view's argmax, which no KNN vote reads)
+    image = logits.argmax(1)  # (B, H, W)
+    plain, voted = [], []
+    for b, s in enumerate(scores):
+        labels = s.argmax(1)  # (N,)
+        idx = batch["proj_idx"][b]
+        won = idx >= 0
+        image[b][won] = labels[idx[won]]
+        plain.append(labels)
+        if knn is not None:
+            voted.append(knn(batch["proj_range"][b], batch["range"][b], image[b],
+                             batch["proj_col"][b], batch["proj_row"][b]))
+    return plain, (voted if knn is not None else None), image
+
+
+def _range_predict(model, batch, knn, tta=None) -> Predictions:
+    if tta is not None:
+        return _range_predict_tta(model, batch, knn, tta)
     argmax = model(batch["inputs"]).argmax(1)  # (B, H, W)
     plain, voted = [], []
     for b in range(argmax.shape[0]):
@@ -83,6 +115,28 @@ def _range_predict(model, batch, knn) -> Predictions:
         if knn is not None:
             voted.append(knn(batch["proj_range"][b], batch["range"][b], argmax[b], cols, rows))
     return plain, (voted if knn is not None else None), argmax
+
+
+def _range_rebuild(cfg, sensor):
+    from .projection import RangeProjection
+
+    projection = RangeProjection.from_sensor(sensor)
+
+    def rebuild(points: List[torch.Tensor], view) -> Batch:
+        inputs, rows, cols = [], [], []
+        for pts in points:
+            p = pts.cpu().numpy()
+            # the points kept out of the image are those of the scan as read
+            exclude = projection.near_sensor(p) if projection.ego_radius > 0 else None
+            out = projection.project(view.apply(p), exclude=exclude)
+            inputs.append(torch.from_numpy(out["inputs"]))
+            rows.append(torch.from_numpy(out["proj_row"]).to(pts.device))
+            cols.append(torch.from_numpy(out["proj_col"]).to(pts.device))
+        device = points[0].device
+        return {"inputs": torch.stack(inputs).to(device), "proj_row": rows, "proj_col": cols,
+                "representation": "range"}
+
+    return rebuild
 
 
 # -- voxels ------------------------------------------------------------------------------
@@ -112,11 +166,29 @@ class PointsDataset(torch.utils.data.Dataset):
         return item
 
 
-def _voxel_collate(cfg, sensor):
+def _collate_sparse_points(items: List[Dict[str, Any]], **kwargs: Any) -> Batch:
+    """:func:`cdcl3d.voxel.collate_sparse`, keeping each scan's points (TTA views)."""
     from .voxel import collate_sparse
+    batch = collate_sparse(items, **kwargs)
+    batch["points"] = [torch.as_tensor(it["points"]) for it in items]
+    return batch
+
+
+def _voxel_collate(cfg, sensor):
     scale = float(cfg.get("intensity_scale", sensor["intensity_scale"]))
-    return functools.partial(_tagged, functools.partial(collate_sparse, voxel_size=cfg.get("voxel_size", 0.2),
+    return functools.partial(_tagged, functools.partial(_collate_sparse_points, voxel_size=cfg.get("voxel_size", 0.2),
                                                         intensity_scale=scale), "voxel")
+
+
+def _voxel_rebuild(cfg, sensor):
+    collate = _voxel_collate(cfg, sensor)
+
+    def rebuild(points: List[torch.Tensor], view) -> Batch:
+        from common.utils import to_device
+        batch = collate([{"points": view.apply(p.cpu().numpy()), "labels": None} for p in points])
+        return to_device(batch, points[0].device)
+
+    return rebuild
 
 
 def _split_points(x: torch.Tensor, batch: Batch) -> List[torch.Tensor]:
@@ -124,7 +196,16 @@ def _split_points(x: torch.Tensor, batch: Batch) -> List[torch.Tensor]:
     return [x[offsets[i]:offsets[i + 1]] for i in range(len(offsets) - 1)]
 
 
-def _voxel_predict(model, batch, knn) -> Predictions:
+def _voxel_scores(model, batch) -> Tuple[List[torch.Tensor], None]:
+    if batch["voxel_feats"].shape[0] == 0:  # only empty scans: nothing to run
+        return _split_points(batch["voxel_feats"].new_zeros(0, 1), batch), None
+    return _split_points(model(batch), batch), None  # (N, K) each
+
+
+def _voxel_predict(model, batch, knn, tta=None) -> Predictions:
+    if tta is not None:
+        from .tta import averaged_scores
+        return [s.argmax(1) for s in averaged_scores(model, batch, tta, _voxel_scores)[0]], None, None
     if batch["voxel_feats"].shape[0] == 0:  # only empty scans: nothing to run
         return _split_points(batch["point2voxel"].new_zeros(0), batch), None, None
     return _split_points(model(batch).argmax(1), batch), None, None
@@ -138,12 +219,13 @@ def _no_dense_input(sensor):
 REPRESENTATIONS: Dict[str, Representation] = {
     "range": Representation(
         name="range", dataset=_range_dataset, collate=_range_collate,
-        forward=lambda model, batch: model(batch["inputs"]), predict=_range_predict,
+        forward=lambda model, batch: model(batch["inputs"]), predict=_range_predict, rebuild=_range_rebuild,
         point_labels=lambda batch: list(batch["points_labels"]), sample_ids=lambda batch: batch["id"],
         input_shape=lambda sensor: (5, int(sensor["height"]), int(sensor["width"])), dense=True),
     "voxel": Representation(
         name="voxel", dataset=lambda reader, sensor, augment: PointsDataset(reader, augment),
         collate=_voxel_collate, forward=lambda model, batch: model(batch), predict=_voxel_predict,
+        rebuild=_voxel_rebuild,
         point_labels=lambda batch: _split_points(batch["labels"], batch), sample_ids=lambda batch: batch["ids"],
         input_shape=_no_dense_input, dense=False),
 }

@@ -25,14 +25,15 @@ point-wise evaluation, submissions.
   ``voxel_size`` and ``intensity_scale`` (default: the sensor profile's).
 
 ``eval.options``: ``knn`` (bool), ``knn_search``, ``knn_k``, ``knn_sigma``,
-``knn_cutoff``.
+``knn_cutoff``; ``tta``: test-time augmentation (``flip_x``, ``flip_y``,
+``yaw``: a list of degrees; :mod:`cdcl3d.tta`), off by default.
 """
 from __future__ import annotations
 
 import hashlib
 import logging
 import os
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -44,6 +45,7 @@ from common.utils import to_device
 
 from .datasets.specs import CLASS_WEIGHTS, LidarDatasetSpec, dataset_type
 from .representations import REPRESENTATIONS, Representation
+from .tta import TTA, build_views, check_tta, describe
 
 logger = logging.getLogger(__name__)
 
@@ -109,7 +111,7 @@ def build_reader(name: str, cfg: Dict[str, Any], split: str):
 class LidarTask(Task):
     name = "3d"
     eval_option_types = {"knn": bool, "knn_search": int, "knn_k": int, "knn_sigma": float,
-                         "knn_cutoff": float}
+                         "knn_cutoff": float, "tta": Union[None, bool, Dict[str, Any]]}
 
     # -- config -----------------------------------------------------------------------
     def check_data(self, name, cfg, source=""):
@@ -123,12 +125,17 @@ class LidarTask(Task):
                     raise ConfigError(f"{cfg.source}: 'train.mode' fused runs one forward over the datasets' "
                                       f"batches stacked into one tensor; 'data.{n}.representation: {rep.name}' "
                                       "has no such input: use dat or sequential")
-        super().check_config(cfg)
+        super().check_config(cfg)  # option keys and types first, then what tta holds
+        check_tta(cfg.eval.options.get("tta"), "eval.options.tta", cfg.source)
+        for n, entry in cfg.data.items():
+            check_tta(entry.eval.get("tta"), f"data.{n}.eval.tta", cfg.source)
 
     # -- data -----------------------------------------------------------------------
     def build_dataset(self, name, cfg, split, train):
         _, sensor, rep = resolve_data(name, cfg)
-        return rep.dataset(build_reader(name, cfg, split), sensor, cfg.get("augment") if train else None)
+        ds = rep.dataset(build_reader(name, cfg, split), sensor, cfg.get("augment") if train else None)
+        ds.rebuild = rep.rebuild(cfg, sensor)  # test-time augmentation's views, made as ds makes its batches
+        return ds
 
     def num_classes(self, name, cfg):
         spec = dataset_type(cfg.get("type"), f"data.{name}.type")
@@ -232,10 +239,27 @@ class LidarTask(Task):
 
     # -- evaluation -----------------------------------------------------------------
     @torch.no_grad()
-    def predict_points(self, model, batch, opts, knn_module=None):
+    def predict_points(self, model, batch, opts, knn_module=None, tta: Optional[TTA] = None):
         """Per-point predictions of a batch: list of (N,) long tensors, the KNN
-        ones (or None) and the dense argmax (or None)."""
-        return REPRESENTATIONS[batch["representation"]].predict(model, batch, knn_module)
+        ones (or None) and the dense argmax (or None); ``tta``: views averaged
+        per point before KNN (:meth:`_tta`)."""
+        return REPRESENTATIONS[batch["representation"]].predict(model, batch, knn_module, tta)
+
+    @staticmethod
+    def _tta(dataset, opts) -> Optional[TTA]:
+        """The test-time augmentation ``opts`` ask for on ``dataset`` (None: off)."""
+        views = build_views(opts.get("tta"))
+        if len(views) == 1:
+            return None
+        rebuild = getattr(dataset, "rebuild", None)
+        if rebuild is None:
+            raise TypeError(f"{type(dataset).__name__} was not built by LidarTask.build_dataset: "
+                            "it has no rebuild() for the test-time augmentation views")
+        return TTA(views, rebuild)
+
+    def eval_notes(self, name, opts) -> Dict[str, Any]:
+        """``tta``: the test-time augmentation the results were computed with."""
+        return {"tta": describe(build_views(opts.get("tta")))}
 
     def _knn(self, dataset, opts, device):
         """The KNN post-processing of ``dataset`` (None where ``opts`` turn it
@@ -252,13 +276,13 @@ class LidarTask(Task):
         k, ignore = len(dataset.class_names), dataset.ignore_index
         new = lambda: ConfusionMatrix(k, ignore, dataset.class_names, device=device)
         cms = {}
-        knn_module = self._knn(dataset, cfg, device)
+        knn_module, tta = self._knn(dataset, cfg, device), self._tta(dataset, cfg)
         if knn_module is not None:
             cms["points_knn"] = new()
         cms["points"] = new()
         for batch in loader:
             batch = to_device(batch, device)
-            plain, knn, argmax = self.predict_points(model, batch, cfg, knn_module)
+            plain, knn, argmax = self.predict_points(model, batch, cfg, knn_module, tta)
             labels = REPRESENTATIONS[batch["representation"]].point_labels(batch)
             for i, pred in enumerate(plain):
                 cms["points"].update(pred, labels[i])
@@ -281,11 +305,11 @@ class LidarTask(Task):
 
         reader = unwrap_dataset(dataset)[0]
         writer = reader.spec.writer(out_dir, reader)
-        knn_module = self._knn(dataset, cfg, device)
+        knn_module, tta = self._knn(dataset, cfg, device), self._tta(dataset, cfg)
         n = 0
         for batch in loader:
             batch = to_device(batch, device)
-            plain, knn, _ = self.predict_points(model, batch, cfg, knn_module)
+            plain, knn, _ = self.predict_points(model, batch, cfg, knn_module, tta)
             ids = REPRESENTATIONS[batch["representation"]].sample_ids(batch)
             for i, pred in enumerate(knn if knn is not None else plain):
                 writer.write(ids[i], pred.cpu().numpy())

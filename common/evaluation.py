@@ -72,9 +72,9 @@ def evaluate_model(cfg: Config, model: nn.Module, device: torch.device,
             ds = build_dataset(cfg, name, split or cfg.data[name].val_split, False, task)
         loader = build_eval_loader(cfg, name, ds, task)
         batches = track(loader, desc=f"eval {name}")  # a bar at a terminal, else a log line every 10 %
+        opts = eval_options(cfg, name)
         with route(model, name), bad_sample_action(ds, "drop"):
-            cms: Dict[str, ConfusionMatrix] = task.evaluate(model, batches, name, ds, device,
-                                                           eval_options(cfg, name))
+            cms: Dict[str, ConfusionMatrix] = task.evaluate(model, batches, name, ds, device, opts)
         skipped = [sid for sid, _ in loader.skipped]
         if loader.samples == 0:
             raise DataError(f"{name}: nothing to evaluate: all {len(skipped)} skipped as bad data "
@@ -92,13 +92,22 @@ def evaluate_model(cfg: Config, model: nn.Module, device: torch.device,
         res["class_names"] = list(cms[headline].class_names)
         res["confusion"] = cms[headline].mat.cpu().tolist()  # [gt][pred] counts of the headline
         res["samples"], res["skipped"] = loader.samples, skipped
-        tables = {k: cm.table(f"[{name}] {k}", mode, scored, reference) for k, cm in cms.items()}
+        notes = task.eval_notes(name, opts)  # e.g. the test-time augmentation used
+        res.update(notes)
+        tables = {k: _with_notes(cm.table(f"[{name}] {k}", mode, scored, reference), notes)
+                  for k, cm in cms.items()}
         res["table"] = tables[headline]
         res["tables"] = "\n\n".join(tables.values())  # the headline first, then the other variants
         results[name] = res
     if was_training:
         model.train()
     return results
+
+
+def _with_notes(table: str, notes: Dict[str, Any]) -> str:
+    """``table`` with a ``key: value`` line per note under its title line."""
+    title, _, rest = table.partition("\n")
+    return "\n".join([title] + [f"{k}: {v}" for k, v in notes.items()] + [rest])
 
 
 # kept out of the JSON: console text

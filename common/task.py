@@ -131,6 +131,12 @@ class Task:
             cm.update(logits.argmax(1), batch["labels"])
         return {"dense": cm}
 
+    def eval_notes(self, name: str, options: Dict[str, Any]) -> Dict[str, Any]:
+        """How ``options`` (the evaluation options of ``name``) evaluate, as
+        ``{key: str}`` fields of the dataset's result, each also a line under
+        its table's title (LiDAR: ``{"tta": "off"}``); the default: none."""
+        return {}
+
     def predict(self, model: nn.Module, loader, name: str, dataset, device: torch.device,
                 out_dir: str, options: Dict[str, Any]) -> Optional[int]:
         """``cdcl predict``: write ``model``'s predictions (routed to ``name`` by

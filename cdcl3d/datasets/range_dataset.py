@@ -17,7 +17,11 @@ class RangeImageDataset(torch.utils.data.Dataset):
     (H, W), ``proj_row``/``proj_col`` long (N,), ``range`` float (N,),
     ``proj_range`` float (H, W), ``points_labels`` long (N,) (all 255 for a
     split without labels), ``has_labels`` bool, ``id``, ``dataset``. N counts
-    the points after augmentation (dropout may remove some).
+    the points after augmentation (dropout may remove some). Without
+    augmentation (evaluation) also ``points`` float32 (N, C), the scan as read,
+    and ``proj_idx`` long (H, W), the point that won each pixel or -1: test-time
+    augmentation (:mod:`cdcl3d.tta`) projects other views of the points and
+    writes their averaged labels back into this image for KNN.
 
     ``augment``: keyword arguments of :func:`cdcl3d.augment.augment_points`
     (without ``rng``) or None. Its generator is seeded from numpy's global
@@ -64,6 +68,9 @@ class RangeImageDataset(torch.utils.data.Dataset):
         if not has_labels:
             labels = np.full(points.shape[0], self.ignore_index, dtype=np.int64)
         out = self.projection.project(points, labels, exclude=exclude)
+        extra = {} if self.augment is not None else {
+            "points": torch.from_numpy(np.ascontiguousarray(points, dtype=np.float32)),
+            "proj_idx": torch.from_numpy(out["proj_idx"])}
         return {
             "inputs": torch.from_numpy(out["inputs"]),
             "labels": torch.from_numpy(out["labels"]),
@@ -76,11 +83,13 @@ class RangeImageDataset(torch.utils.data.Dataset):
             "has_labels": has_labels,
             "id": item["id"],
             "dataset": item.get("dataset", self.name),
+            **extra,
         }
 
 
 _DENSE = ("inputs", "labels", "mask", "proj_range")
 _PER_POINT = ("proj_row", "proj_col", "range", "points_labels")
+_OPTIONAL = {"proj_idx": True, "points": False}  # evaluation items only: stacked (dense) or listed
 
 
 def collate_range(items: List[Dict[str, Any]]) -> Dict[str, Any]:
@@ -92,6 +101,9 @@ def collate_range(items: List[Dict[str, Any]]) -> Dict[str, Any]:
     batch: Dict[str, Any] = {k: torch.stack([it[k] for it in items]) for k in _DENSE}
     for k in _PER_POINT:
         batch[k] = [it[k] for it in items]
+    for k, dense in _OPTIONAL.items():
+        if all(k in it for it in items):
+            batch[k] = torch.stack([it[k] for it in items]) if dense else [it[k] for it in items]
     batch["has_labels"] = torch.tensor([bool(it["has_labels"]) for it in items])
     batch["id"] = [it["id"] for it in items]
     batch["dataset"] = [it["dataset"] for it in items]
