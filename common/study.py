@@ -55,6 +55,7 @@ import json
 import math
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -472,6 +473,7 @@ def execute(runs: Sequence[Run], jobs: int = 1, poll: float = 0.5) -> List[Run]:
             _say(f"{r.tag}: finished earlier, skipped")
     pending, running, failed = list(todo), {}, []
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    previous = _on_sigterm_interrupt()
     try:
         while pending or running:
             while pending and len(running) < jobs:
@@ -506,7 +508,22 @@ def execute(runs: Sequence[Run], jobs: int = 1, poll: float = 0.5) -> List[Run]:
             log.close()
         _say("interrupted: run the same command again to resume")
         raise
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return failed
+
+
+def _on_sigterm_interrupt():
+    """SIGTERM (a killed study, a cluster's time limit) stops the trainings like
+    Ctrl-C does, so that none is left running to hold its work dir's lock."""
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        return signal.signal(signal.SIGTERM, stop)
+    except ValueError:  # not the main thread
+        return None
 
 
 def _headline(run_dir: str) -> str:
@@ -901,5 +918,8 @@ def run_from_args(args) -> int:
     command = ["cdcl", "study", args.study, *(args.overrides or []), "--out", out, "--jobs", str(args.jobs)]
     if args.seeds:
         command += ["--seeds", *map(str, args.seeds)]
-    run_study(study, out, args.jobs, command=shlex.join(command))
+    try:
+        run_study(study, out, args.jobs, command=shlex.join(command))
+    except KeyboardInterrupt:  # the trainings are stopped; the message says how to resume
+        return 130
     return 0

@@ -166,7 +166,8 @@ def test_a_run_of_another_config_is_refused(tmp_path):
 
 
 @pytest.mark.parametrize("name", ["lidar_synth", "lidar", "images_synth_cityscapes_bdd100k",
-                                  "images_cityscapes_bdd100k", "images_synth_all", "images_all"])
+                                  "images_cityscapes_bdd100k", "images_synth_all", "images_all",
+                                  "demo_lidar"])
 def test_shipped_studies_resolve_with_equal_samples(tmp_path, name):
     path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "studies",
                         name + ".yaml")
