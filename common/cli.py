@@ -132,9 +132,11 @@ def _model_from_checkpoint(args, cfg):
 
 
 def cmd_predict(args) -> int:
+    import torch
     from torch.utils.data import DataLoader
 
     from .build import build_dataset, get_task
+    from .config import ConfigError
     from .data import bad_sample_action
     from .dataset_specific import route
     from .progress import track
@@ -143,16 +145,26 @@ def cmd_predict(args) -> int:
     cfg = _config_for_checkpoint(args)
     _check_dataset(cfg, args.dataset)
     check_writable(args.out, "--out", folder=True)  # before the work, not after it
+    if args.onnx is not None and args.engine != "onnxruntime":
+        raise ConfigError(f"--onnx {args.onnx} is run by --engine onnxruntime (given: --engine {args.engine})")
     model, device = _model_from_checkpoint(args, cfg)
     task = get_task(cfg)
     ds = build_dataset(cfg, args.dataset, args.split, False, task)
+    network = model
+    if args.engine == "onnxruntime":  # the collapsed, exported branch; the task's pre/post-processing
+        from .build import num_classes_of
+        from .onnx_engine import onnx_network
+        network, report = onnx_network(cfg, model, args.dataset, args.onnx, num_classes_of(ds))
+        device = torch.device("cpu")
+        how = args.onnx or f"exported on the fly (BatchNorm {report.get('batchnorm_folding')})"
+        logging.getLogger(__name__).info("onnxruntime engine: %s", how)
     loader = DataLoader(ds, batch_size=1, shuffle=False, num_workers=cfg.eval.num_workers,
                         collate_fn=task.collate_fn(args.dataset, cfg.data[args.dataset].as_dict()))
     from .evaluation import eval_options
     # a submission needs a file for every sample: an unreadable one is an
     # error naming it even under on_bad_sample: skip (an empty scan is read)
     with route(model, args.dataset), bad_sample_action(ds, "raise"):
-        written = task.predict(model, track(loader, desc=f"predict {args.dataset}/{args.split}"),
+        written = task.predict(network, track(loader, desc=f"predict {args.dataset}/{args.split}"),
                                args.dataset, ds, device, args.out,
                                dict(eval_options(cfg, args.dataset), split=args.split))
     print(f"wrote predictions for {args.dataset}/{args.split} under {args.out}"
@@ -265,6 +277,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", required=True, help="the dataset (a name under data: in the config) to predict")
     p.add_argument("--split", default="test", help="split to predict (default: %(default)s)")
     p.add_argument("--out", required=True, help="output folder, laid out as the benchmark's submission")
+    p.add_argument("--engine", choices=("torch", "onnxruntime"), default="torch",
+                   help="what runs the network: torch (the checkpoint's model) or onnxruntime (the dataset's "
+                        "branch collapsed, BatchNorm folded, exported to ONNX; range images only); "
+                        "projection, TTA and KNN are the same (default: %(default)s)")
+    p.add_argument("--onnx", metavar="FILE",
+                   help="with --engine onnxruntime: run this file (from cdcl export) instead of exporting "
+                        "the checkpoint now; checked against the dataset's input shape and classes")
     p.set_defaults(func=cmd_predict)
 
     p = add_command(sub, "export", "collapse to one dataset, fold BN, export ONNX",

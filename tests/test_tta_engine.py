@@ -144,3 +144,98 @@ def test_tta_on_voxels_averages_every_point():
                                                     rep.rebuild({"voxel_size": 0.5}, SENSOR)))
     assert all(torch.equal(a, b) for a, b in zip(plain, one))
     assert [len(p) for p in many] == [500, 300]
+
+
+# -- the onnxruntime engine ---------------------------------------------------------------
+
+def _export(model, path, shape=(5, H, W)):
+    torch.onnx.export(model.eval(), (torch.zeros((1,) + shape),), str(path), input_names=["input"],
+                      output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+                      opset_version=17, dynamo=False)
+    return str(path)
+
+
+def test_onnxruntime_network_equals_torch_on_a_tiny_model(tmp_path):
+    from common.onnx_engine import OnnxNetwork
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(5, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                          nn.Conv2d(8, K, 3, padding=1)).eval()
+    net = OnnxNetwork(_export(model, tmp_path / "m.onnx"), (5, H, W), K)
+    batch = _batch([_random_scan(7), _random_scan(8, 2000)])
+    with torch.no_grad():
+        assert torch.allclose(net(batch["inputs"]), model(batch["inputs"]), atol=1e-4)
+    for tta in (None, _tta(build_views({"flip_x": True, "yaw": [90]}))):
+        ref, got = _predict(model, batch, tta), _predict(net, batch, tta)
+        for a, b in zip(ref[0] + ref[1], got[0] + got[1]):
+            assert (a == b).float().mean() >= 0.999
+
+
+def test_missing_or_mismatched_onnx_file_is_an_error_naming_it(tmp_path):
+    from common.onnx_engine import OnnxFileError, OnnxNetwork
+
+    missing = tmp_path / "nope.onnx"
+    with pytest.raises(OnnxFileError, match=f"{missing}.*no such file"):
+        OnnxNetwork(str(missing), (5, H, W), K)
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"not a model")
+    with pytest.raises(OnnxFileError, match=f"{junk}.*cannot load"):
+        OnnxNetwork(str(junk), (5, H, W), K)
+    other_classes = _export(nn.Conv2d(5, K + 3, 1), tmp_path / "k7.onnx")
+    with pytest.raises(OnnxFileError, match=f"{other_classes} gives {K + 3} classes.*has {K}"):
+        OnnxNetwork(other_classes, (5, H, W), K)
+    other_shape = _export(nn.Conv2d(5, K, 1), tmp_path / "wide.onnx", shape=(5, H, 2 * W))
+    with pytest.raises(OnnxFileError, match=f"{other_shape} takes input \\(batch, 5, {H}, {2 * W}\\)"):
+        OnnxNetwork(other_shape, (5, H, W), K)
+
+
+@pytest.fixture(scope="module")
+def trained_kitti(tmp_path_factory):
+    """A tiny SalsaNext trained 1 iteration on generated SemanticKITTI scans (16 x 64)."""
+    from common.config import build_config
+    from common.trainer import train
+    from cdcl3d.synth import generate_lidar
+
+    root = tmp_path_factory.mktemp("synth")
+    generate_lidar(str(root), seed=0, scans=6, points_scale=0.1)
+    d = {"task": "3d", "model": {"name": "salsanext", "width": 0.125, "dropout": 0.0},
+         "data": {"semantickitti": {"type": "semantickitti", "root": str(root / "semantickitti"),
+                                    "batch_size": 1, "class_weights": "none", "augment": None,
+                                    "sensor": {"height": 16, "width": 64, "fov_up": 3.0, "fov_down": -25.0}}},
+         "strategy": {"name": "single"},
+         "train": {"iterations": 1, "lr": 0.01, "progress": False, "checkpoint_every": 100, "log_every": 1,
+                   "threads": 1},
+         "eval": {"max_samples": 1}}
+    work = tmp_path_factory.mktemp("run")
+    train(build_config(d, source="test"), str(work))
+    return str(work / "config.yaml"), str(work / "checkpoints" / "latest.pth"), work
+
+
+def _predicted(folder):
+    files = sorted(folder.glob("sequences/*/predictions/*.label"))
+    assert files
+    return np.concatenate([np.fromfile(f, dtype=np.uint32) for f in files])
+
+
+def test_cdcl_predict_onnxruntime_engine_equals_torch(trained_kitti, tmp_path, capsys):
+    from common.cli import main
+
+    config, ckpt, work = trained_kitti
+    common = [config, "--checkpoint", ckpt, "--dataset", "semantickitti", "--split", "test"]
+    tta = "eval.options.tta={flip_x: true, yaw: [90]}"
+    for extra in ([], [tta]):
+        assert main(["predict", *common, "--out", str(tmp_path / "torch"), *extra]) == 0
+        assert main(["predict", *common, "--out", str(tmp_path / "ort"), "--engine", "onnxruntime", *extra]) == 0
+        a, b = _predicted(tmp_path / "torch"), _predicted(tmp_path / "ort")
+        assert a.shape == b.shape and (a == b).mean() >= 0.999
+    # a file from `cdcl export` runs as it is; a missing one is one line naming it, exit 2
+    onnx = tmp_path / "k.onnx"
+    assert main(["export", ckpt, "--dataset", "semantickitti", "--out", str(onnx)]) == 0
+    assert main(["predict", *common, "--out", str(tmp_path / "file"), "--engine", "onnxruntime",
+                 "--onnx", str(onnx)]) == 0
+    assert (_predicted(tmp_path / "file") == _predicted(tmp_path / "torch")).mean() >= 0.999
+    capsys.readouterr()
+    assert main(["predict", *common, "--out", str(tmp_path / "x"), "--engine", "onnxruntime",
+                 "--onnx", str(tmp_path / "missing.onnx")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "missing.onnx" in err[0] and "no such file" in err[0]
