@@ -115,10 +115,6 @@ class Study:
 
 # -- loading ------------------------------------------------------------------------
 
-def _is_study_key(key: str) -> bool:
-    return key.split(".")[0] in STUDY_KEYS and "." not in key
-
-
 def split_overrides(overrides: Sequence[str]) -> Tuple[List[str], List[str]]:
     """Command-line ``key=value``: a study key (``iterations=20``, ``seeds=[0,1]``)
     sets the study, a dotted key goes to every run."""
@@ -126,7 +122,7 @@ def split_overrides(overrides: Sequence[str]) -> Tuple[List[str], List[str]]:
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like key.path=value")
-        (study if _is_study_key(item.split("=", 1)[0].strip()) else runs).append(item)
+        (study if item.split("=", 1)[0].strip() in STUDY_KEYS else runs).append(item)
     return study, runs
 
 
@@ -864,7 +860,8 @@ def build_report(out: str, wall_s: Optional[float] = None) -> Dict[str, Any]:
         meta = json.load(f)
     results, missing, iters = _load_results(out, meta)
     an = analyse(meta, results)
-    report = _no_nan({"study": meta, "missing": missing, "iterations_logged": iters, **an})
+    report = _no_nan({"units": "mIoU and IoU as fractions (0..1); null: not available (one seed, absent class)",
+                      "study": meta, "missing": missing, "iterations_logged": iters, **an})
     with open(os.path.join(out, "report.json"), "w", encoding="utf-8") as f:
         json.dump(report, f, indent=2, allow_nan=False)
     figures = plot_figures(meta, an, out)
