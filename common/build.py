@@ -98,10 +98,8 @@ def check_strategy(cfg: Config) -> None:
     datasets, its own keys (called by :func:`common.config.validate`)."""
     s = strategy_of(cfg)
     if s.datasets is not None and len(cfg.names) != s.datasets:
-        count = {1: "exactly one trained dataset", 2: "two trained datasets (A then B)"}.get(
-            s.datasets, f"{s.datasets} trained datasets")
-        raise ConfigError(f"{cfg.source}: strategy {cfg.strategy.name!r} needs {count} under 'data', "
-                          f"got {cfg.names}")
+        raise ConfigError(f"{cfg.source}: strategy {cfg.strategy.name!r} needs exactly {s.datasets} trained "
+                          f"dataset(s) under 'data', got {cfg.names}")
     if s.check is not None:
         s.check(cfg)
 

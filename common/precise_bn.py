@@ -95,12 +95,10 @@ def equal_size_batches(dataset, batch_size: int, collate_fn: Optional[Callable] 
 
 def precise_bn_from_args(args) -> int:
     """``cdcl precise-bn CONFIG --checkpoint C --dataset D [--branch B] --out NEW``."""
-    import copy
-
     from .build import build_dataset, get_task
     from .checkpoint import load_checkpoint, save_checkpoint
     from .config import ConfigError, load_config
-    from .dataset_specific import branch_name, collapse, dataset_names
+    from .dataset_specific import branch_name, collapse
     from .dist import select_device
     from .evaluation import load_model_for_eval
     from .progress import track
@@ -123,7 +121,7 @@ def precise_bn_from_args(args) -> int:
                                 shuffle=True, generator=torch.Generator().manual_seed(cfg.train.seed))
     # Only the chosen branch must change: update a collapsed copy, then copy
     # its statistics back into that branch.
-    plain = collapse(model, branch) if dataset_names(model) else copy.deepcopy(model)
+    plain = collapse(model, branch)  # a plain model: a copy
     total = min(args.batches, math.ceil(len(ds) / cfg.data[args.dataset].batch_size))  # about: sizes may differ
     batches = track(loader, desc=f"precise-bn {args.dataset} -> branch {branch}", total=total)
     used = update_bn_stats(plain, batches, task.forward, args.batches, None, device)

@@ -140,18 +140,6 @@ def _last_attempt(path: str) -> int:
     return 0
 
 
-def _resolve_resume(resume: Optional[str], work_dir: str) -> Optional[str]:
-    if resume is None:
-        return None
-    if resume == "auto":
-        path = os.path.join(work_dir, "checkpoints", "latest.pth")
-        if os.path.isfile(path):
-            return path
-        logger.info("--resume auto: no checkpoint in %s yet, starting at step 0", work_dir)
-        return None
-    return resume
-
-
 def restore_scaler(scaler: Optional[torch.amp.GradScaler], state: Dict[str, Any], path: str) -> None:
     """The fp16 gradient scaler from a checkpoint. One written without
     ``train.amp=fp16`` has none: a fresh scaler then calibrates itself within
@@ -190,14 +178,6 @@ def _claim_work_dir(work_dir: str, new_run: bool = False) -> Optional[WorkDirLoc
     if kind in ("PathError", "CheckpointError"):
         raise (PathError if kind == "PathError" else CheckpointError)(message)
     raise RuntimeError(f"rank 0 could not claim {work_dir}: {kind}: {message}")
-
-
-def _results_current(work_dir: str, checkpoint: str) -> bool:
-    """``results.json`` exists and was written after ``checkpoint``."""
-    try:
-        return os.path.getmtime(os.path.join(work_dir, "results.json")) >= os.path.getmtime(checkpoint)
-    except OSError:
-        return False
 
 
 def iterations_for(cfg: Config, loaders: MultiLoader) -> int:
@@ -340,13 +320,17 @@ def train(cfg: Config, work_dir: str, resume: Optional[str] = None, overwrite: b
     lock = _claim_work_dir(work_dir, new_run=not resume and not overwrite)
     try:
         run = setup(cfg, work_dir, device, autocast)
-        resume_run(run, _resolve_resume(resume, work_dir))  # every check before the work dir changes
+        resume_run(run, resume)  # every check before anything in the work dir changes
         finished = run.start >= run.t.iterations
         if finished:  # nothing left to train: evaluate unless results.json came after the checkpoint
             previous = _current_results(run)
             if previous is not None:
                 return previous
-        model = _wrap_ddp(run) if distributed else run.model
+        model = run.model
+        if distributed:  # datasets that sit out a step (a switching strategy, sequential mode): no gradient
+            model = nn.parallel.DistributedDataParallel(
+                model, device_ids=[device.index] if device.type == "cuda" else None,
+                find_unused_parameters=strategy_of(cfg).find_unused or run.t.mode == "sequential")
         if dist.is_main():
             if overwrite:
                 remove_previous_run(work_dir)
@@ -421,7 +405,12 @@ def setup(cfg: Config, work_dir: str, device: torch.device, autocast: Callable[[
 
 def resume_run(run: Run, path: Optional[str]) -> None:
     """Weights, optimiser, schedule, data order, scaler, step, best and RNG
-    from the checkpoint ``path`` (None: start at step 0)."""
+    from the checkpoint ``path`` (``"auto"``: the work dir's latest, if any;
+    None: start at step 0)."""
+    if path == "auto":
+        path = run.latest if os.path.isfile(run.latest) else None
+        if path is None:
+            logger.info("--resume auto: no checkpoint in %s yet, starting at step 0", run.work_dir)
     if not path:
         return
     state = load_checkpoint(path, map_location=run.device)
@@ -448,22 +437,12 @@ def resume_run(run: Run, path: Optional[str]) -> None:
 def _current_results(run: Run) -> Optional[Dict[str, Any]]:
     """A finished run's ``results.json`` when it came after its final checkpoint
     (None: the evaluation is missing); every rank gets rank 0's answer."""
-    previous = None
-    if dist.is_main() and _results_current(run.work_dir, run.resume_path):
-        with open(os.path.join(run.work_dir, "results.json"), encoding="utf-8") as f:
+    previous, path = None, os.path.join(run.work_dir, "results.json")
+    if dist.is_main() and os.path.isfile(path) and os.path.getmtime(path) >= os.path.getmtime(run.resume_path):
+        with open(path, encoding="utf-8") as f:
             previous = json.load(f)
-        logger.info("run finished at step %d; its results are in %s", run.start,
-                    os.path.join(run.work_dir, "results.json"))
+        logger.info("run finished at step %d; its results are in %s", run.start, path)
     return dist.broadcast_object(previous)
-
-
-def _wrap_ddp(run: Run) -> nn.Module:
-    # DAT runs several forwards before one backward; branches of datasets
-    # that sit out a step (a switching strategy, sequential mode) get no gradient.
-    device = run.device
-    return nn.parallel.DistributedDataParallel(
-        run.model, device_ids=[device.index] if device.type == "cuda" else None,
-        find_unused_parameters=strategy_of(run.cfg).find_unused or run.t.mode == "sequential")
 
 
 def _start_log(run: Run, finished: bool) -> None:
