@@ -79,9 +79,13 @@ def _range_collate(cfg, sensor):
     return functools.partial(_tagged, collate_range, "range")
 
 
-def _range_scores(model, batch) -> Tuple[List[torch.Tensor], torch.Tensor]:
+def _range_scores(model, batch, probs: bool) -> Tuple[List[torch.Tensor], torch.Tensor]:
     logits = model(batch["inputs"])  # (B, K, H, W)
-    return [logits[b][:, r, c].t() for b, (r, c) in enumerate(zip(batch["proj_row"], batch["proj_col"]))], logits
+    src = torch.softmax(logits.float(), dim=1) if probs else logits
+    w = logits.shape[-1]
+    # each point's pixel as a flat index: one index_select per scan, (K, N)
+    return [src[b].reshape(src.shape[1], -1).index_select(1, r * w + c)
+            for b, (r, c) in enumerate(zip(batch["proj_row"], batch["proj_col"]))], logits
 
 
 def _range_predict_tta(model, batch, knn, tta) -> Predictions:
@@ -93,7 +97,7 @@ def _range_predict_tta(model, batch, knn, tta) -> Predictions:
     image = logits.argmax(1)  # (B, H, W)
     plain, voted = [], []
     for b, s in enumerate(scores):
-        labels = s.argmax(1)  # (N,)
+        labels = s.argmax(0)  # (N,)
         idx = batch["proj_idx"][b]
         won = idx >= 0
         image[b][won] = labels[idx[won]]
@@ -196,16 +200,18 @@ def _split_points(x: torch.Tensor, batch: Batch) -> List[torch.Tensor]:
     return [x[offsets[i]:offsets[i + 1]] for i in range(len(offsets) - 1)]
 
 
-def _voxel_scores(model, batch) -> Tuple[List[torch.Tensor], None]:
+def _voxel_scores(model, batch, probs: bool) -> Tuple[List[torch.Tensor], None]:
     if batch["voxel_feats"].shape[0] == 0:  # only empty scans: nothing to run
-        return _split_points(batch["voxel_feats"].new_zeros(0, 1), batch), None
-    return _split_points(model(batch), batch), None  # (N, K) each
+        return [x.t() for x in _split_points(batch["voxel_feats"].new_zeros(0, 1), batch)], None
+    out = model(batch)  # (ΣN, K)
+    out = torch.softmax(out.float(), dim=1) if probs else out
+    return [x.t() for x in _split_points(out, batch)], None  # (K, N) each
 
 
 def _voxel_predict(model, batch, knn, tta=None) -> Predictions:
     if tta is not None:
         from .tta import averaged_scores
-        return [s.argmax(1) for s in averaged_scores(model, batch, tta, _voxel_scores)[0]], None, None
+        return [s.argmax(0) for s in averaged_scores(model, batch, tta, _voxel_scores)[0]], None, None
     if batch["voxel_feats"].shape[0] == 0:  # only empty scans: nothing to run
         return _split_points(batch["point2voxel"].new_zeros(0), batch), None, None
     return _split_points(model(batch).argmax(1), batch), None, None

@@ -118,8 +118,9 @@ def describe(views: Sequence[View]) -> str:
 #: dataset does it (a representation's ``rebuild``)
 Rebuild = Callable[[List[torch.Tensor], View], Dict[str, Any]]
 
-#: ``scores(model, batch) -> (per-scan (N, K) logits, dense (B, K, H, W) logits or None)``
-Scores = Callable[[Any, Dict[str, Any]], Tuple[List[torch.Tensor], Optional[torch.Tensor]]]
+#: ``scores(model, batch, probs) -> (per-scan (K, N) scores, dense (B, K, H, W) logits or None)``:
+#: the class scores of every point, probabilities (softmax) where ``probs``, else logits
+Scores = Callable[[Any, Dict[str, Any], bool], Tuple[List[torch.Tensor], Optional[torch.Tensor]]]
 
 
 @dataclass
@@ -136,23 +137,21 @@ class TTA:
 
 def averaged_scores(model, batch: Dict[str, Any], tta: TTA, scores: Scores
                     ) -> Tuple[List[torch.Tensor], Optional[torch.Tensor]]:
-    """Per-scan ``(N, K)`` class scores averaged over ``tta``'s views
+    """Per-scan ``(K, N)`` class scores averaged over ``tta``'s views
     (probabilities; a single view: its logits), and the dense logits of the
     batch as given (the first view) or None.
 
     The first view is the batch itself (it was projected as read); every
     other view is rebuilt from ``batch["points"]``."""
-    point_logits, dense = scores(model, batch)
-    if len(tta.views) == 1:
-        return point_logits, dense
-    total = [torch.softmax(p.float(), dim=1) for p in point_logits]
+    many = len(tta.views) > 1
+    total, dense = scores(model, batch, many)
+    if not many:
+        return total, dense
+    total = [t.float().clone() for t in total]
     for view in tta.views[1:]:
-        if view.identity:
-            view_logits = point_logits
-        else:
-            view_logits, _ = scores(model, tta.rebuild(batch["points"], view))
-        for acc, p in zip(total, view_logits):
-            acc.add_(torch.softmax(p.float(), dim=1))
+        view_batch = batch if view.identity else tta.rebuild(batch["points"], view)
+        for acc, p in zip(total, scores(model, view_batch, True)[0]):
+            acc.add_(p)
     return [t.div_(len(tta.views)) for t in total], dense
 
 
