@@ -3,12 +3,13 @@
 Small conv net (ToyNet, width 32), two datasets, batch 4 each, 3x128x128 inputs.
 Baseline: the same net with ordinary BatchNorm and one head at the same total
 batch (8). Reports the routing overhead of dataset-aware BN (fused vs plain)
-and the speed-up of fused over sequential-forward DAT.
+and the speed-up of fused over sequential-forward DAT. The three steps run
+alternately in one process (rounds of plain, fused, dat with the order
+rotated), each reported by median and minimum; ratios are of medians.
 
     python benchmarks/bench_core.py [--steps 20] [--threads 2]
 """
 import argparse
-import time
 
 import torch
 from torch import nn
@@ -16,18 +17,7 @@ from torch import nn
 from common.dataset_specific import convert_dataset_specific, convert_heads
 from common.engine import train_step
 from common.toy import ToyNet
-
-
-def timed(fn, steps, warmup=3):
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    times.sort()
-    return times[len(times) // 2]  # median
+from timing import alternate, machine_line, med, summary
 
 
 def main():
@@ -52,18 +42,23 @@ def main():
                          {"a": 4, "b": 4})
     opt_c = torch.optim.SGD(cdcl.parameters(), lr=0.01, momentum=0.9)
 
-    t_plain = timed(lambda: train_step(plain, plain_batch, {"plain": ce}, opt_p, "dat"), args.steps)
-    t_fused = timed(lambda: train_step(cdcl, batches, {"a": ce, "b": ce}, opt_c, "fused"), args.steps)
-    t_dat = timed(lambda: train_step(cdcl, batches, {"a": ce, "b": ce}, opt_c, "dat"), args.steps)
+    times = alternate({"plain": lambda: train_step(plain, plain_batch, {"plain": ce}, opt_p, "dat"),
+                       "fused": lambda: train_step(cdcl, batches, {"a": ce, "b": ce}, opt_c, "fused"),
+                       "dat": lambda: train_step(cdcl, batches, {"a": ce, "b": ce}, opt_c, "dat")},
+                      args.steps, warmup=3)
+    t_plain, t_fused, t_dat = med(times["plain"]), med(times["fused"]), med(times["dat"])
     overhead = t_fused / t_plain - 1.0
     speedup = t_dat / t_fused
+    print(machine_line())
     print(f"threads={torch.get_num_threads()} input=3x{s}x{s} batch={b}+{b} width={args.width} "
-          f"steps={args.steps} (median)")
-    print(f"plain BN, batch 8        : {1000 * t_plain:8.2f} ms/step")
-    print(f"dataset-aware BN, fused  : {1000 * t_fused:8.2f} ms/step  (overhead {100 * overhead:+.1f}% vs plain)")
-    print(f"dataset-aware BN, dat    : {1000 * t_dat:8.2f} ms/step  (fused is {speedup:.2f}x faster)")
+          f"steps={args.steps} each, alternated (plain = plain BN at batch 8; fused / dat = dataset-aware BN)")
+    print(summary(times))
+    print(f"dataset-aware BN overhead (fused vs plain, medians): {100 * overhead:+.1f}%")
+    print(f"fused vs dat (medians): fused is {speedup:.2f}x as fast; by minimum "
+          f"{min(times['dat']) / min(times['fused']):.2f}x")
     print(f"RESULT plain_ms={1000 * t_plain:.2f} fused_ms={1000 * t_fused:.2f} dat_ms={1000 * t_dat:.2f} "
-          f"dsbn_overhead={overhead:.4f} fused_speedup={speedup:.3f}")
+          f"plain_min_ms={1000 * min(times['plain']):.2f} fused_min_ms={1000 * min(times['fused']):.2f} "
+          f"dat_min_ms={1000 * min(times['dat']):.2f} dsbn_overhead={overhead:.4f} fused_speedup={speedup:.3f}")
 
 
 if __name__ == "__main__":
