@@ -27,6 +27,7 @@ from torch.nn import functional as F
 
 from cdcl2d.models import build_pspnet
 from common.dataset_specific import convert_dataset_specific, convert_heads, route
+from timing import alternate, machine_line, summary
 
 
 class Stepper:
@@ -72,22 +73,21 @@ def main() -> None:
     n_plain = sum(p.numel() for p in plain.parameters())
     n_dsbn = sum(p.numel() for p in dsbn.parameters())
     steppers = {"plain": Stepper(plain), "dsbn": Stepper(dsbn, "cityscapes")}
-    times: Dict[str, List[float]] = {"plain": [], "dsbn": []}
-    # Alternate the two models step by step so that load from other processes
-    # hits both alike.
-    for i in range(args.warmup + args.steps):
-        for name, stepper in steppers.items():
-            t = stepper(x, y)
-            if i >= args.warmup:
-                times[name].append(t)
+    # alternately in one process, the order rotated each round, so that load
+    # from other processes hits both alike
+    times = alternate({k: (lambda st=st: st(x, y)) for k, st in steppers.items()}, args.steps,
+                      warmup=args.warmup)
     t_plain, t_dsbn = times["plain"], times["dsbn"]
 
     sp, sd = statistics.median(t_plain), statistics.median(t_dsbn)
+    print(machine_line())
     print(f"PSPNet-R18, batch {args.batch} x 3 x {args.size} x {args.size}, CPU, "
-          f"{torch.get_num_threads()} threads, {args.steps} timed steps after {args.warmup} warm-up")
+          f"{torch.get_num_threads()} threads, {args.steps} alternated timed steps after {args.warmup} warm-up")
+    print(summary(times, 1.0, "s"))
     print(f"plain BN : params {n_plain / 1e6:.2f} M, step times {[round(t, 2) for t in t_plain]} s")
     print(f"DS-BN x2 : params {n_dsbn / 1e6:.2f} M, step times {[round(t, 2) for t in t_dsbn]} s")
-    print(f"RESULT step_s_plain={sp:.3f} step_s_dsbn={sd:.3f} ratio={sd / sp:.3f}")
+    print(f"RESULT step_s_plain={sp:.3f} step_s_dsbn={sd:.3f} step_s_plain_min={min(t_plain):.3f} "
+          f"step_s_dsbn_min={min(t_dsbn):.3f} ratio={sd / sp:.3f} ratio_min={min(t_dsbn) / min(t_plain):.3f}")
 
 
 if __name__ == "__main__":

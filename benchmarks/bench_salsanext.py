@@ -5,9 +5,9 @@ image (one SemanticKITTI scan). Training: SGD step with the SalsaNext loss
 (weighted CE + Lovász-softmax). Inference: the plain network in eval mode,
 and the deployed CDCL form: dataset-aware BN over two datasets
 (``convert_dataset_specific``), collapsed to one dataset (``collapse``), then
-BatchNorm folded (``fold_bn``). Timings are medians after a warm-up;
-inference runs of the two models are interleaved so that load from other
-processes hits both alike.
+BatchNorm folded (``fold_bn``). Timings are medians (and minima) after a
+warm-up; inference runs of the two models alternate in one process (order
+rotated each round) so that load from other processes hits both alike.
 
     python benchmarks/bench_salsanext.py [--quick]
 """
@@ -20,6 +20,7 @@ import torch
 
 from cdcl3d.losses import LidarSegLoss
 from cdcl3d.models import build_salsanext, count_parameters
+from timing import alternate, machine_line
 
 
 def main() -> None:
@@ -82,23 +83,16 @@ def main() -> None:
     models = {"plain": model}
     if folded is not None:
         models["folded"] = folded
-    t_inf = {k: [] for k in models}
     with torch.inference_mode():
-        for m in models.values():
-            m(x)  # warm-up
-        for i in range(infer_iters):
-            # Alternate the order so neither model always runs first.
-            for k, m in (list(models.items()) if i % 2 == 0 else list(models.items())[::-1]):
-                t0 = time.perf_counter()
-                m(x)
-                t_inf[k].append(time.perf_counter() - t0)
+        t_inf = alternate({k: (lambda m=m: m(x)) for k, m in models.items()}, infer_iters, warmup=1)
     infer_ms = statistics.median(t_inf["plain"]) * 1000
     folded_ms = statistics.median(t_inf["folded"]) * 1000 if folded is not None else float("nan")
 
+    print(machine_line())
     print(f"SalsaNext width 1.0, {num_classes} classes: {n_params:,} parameters")
     print(f"input 1x5x{h}x{w}, threads={torch.get_num_threads()}, "
           f"train iters={train_iters}, inference iters={infer_iters} (medians after warm-up)")
-    print(f"  train: {statistics.median(t_train):.2f} s/it  -> {train_it_s:.3f} it/s")
+    print(f"  train: {statistics.median(t_train):.2f} s/it  -> {train_it_s:.3f} it/s  (min {min(t_train):.2f} s)")
     print(f"  inference plain : {infer_ms:.0f} ms/scan   (min {min(t_inf['plain']) * 1000:.0f})")
     if folded is not None:
         print(f"  inference folded: {folded_ms:.0f} ms/scan   (min {min(t_inf['folded']) * 1000:.0f})")
@@ -110,8 +104,9 @@ def main() -> None:
         # the same network and fold_speedup is ~1 up to noise.
         print("  note: no BN folded (all BNs follow an activation); fold_speedup is ~1 by construction")
     speedup = infer_ms / folded_ms if folded is not None else float("nan")
-    print(f"RESULT train_it_per_s={train_it_s:.3f} infer_ms={infer_ms:.0f} "
-          f"infer_folded_ms={folded_ms:.0f} fold_speedup={speedup:.2f}")
+    folded_min = min(t_inf["folded"]) * 1000 if folded is not None else float("nan")
+    print(f"RESULT train_it_per_s={train_it_s:.3f} infer_ms={infer_ms:.0f} infer_min_ms={min(t_inf['plain']) * 1000:.0f} "
+          f"infer_folded_ms={folded_ms:.0f} infer_folded_min_ms={folded_min:.0f} fold_speedup={speedup:.2f}")
 
 
 if __name__ == "__main__":
