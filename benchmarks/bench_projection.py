@@ -8,7 +8,8 @@ fancy-index writes, normalisation, mask), on the same files, in one run.
 
 Rates are per core: single-threaded code, timed with the thread's CPU clock
 (robust to other processes sharing the machine); wall-clock rates are printed
-beside them.
+beside them. The two run alternately in one process (a pass over the scans
+each, order rotated every round); minimum and median of the passes.
 
     python benchmarks/bench_projection.py [--scans 8] [--repeat 5]
 """
@@ -26,6 +27,7 @@ import torch
 from cdcl3d.datasets import nuscenes as nus_io
 from cdcl3d.datasets import semantickitti as kitti_io
 from cdcl3d.projection import KITTI_SENSOR, NUSCENES_SENSOR, RangeProjection, reduce_page_faults
+from timing import machine_line
 
 
 def make_scan(rng: np.random.Generator, beams: np.ndarray, per_beam: int, height: float,
@@ -86,24 +88,33 @@ def numpy_reference(points: np.ndarray, height: int, width: int, fov_up: float, 
     return {"inputs": image, "mask": mask, "proj_idx": proj_idx}
 
 
-def time_per_scan(fn, paths, repeat: int):
-    """(cpu seconds per scan, wall seconds per scan), best of ``repeat`` passes."""
-    best_cpu, best_wall = float("inf"), float("inf")
-    for _ in range(repeat):
-        c0, w0 = time.thread_time(), time.perf_counter()
-        for p in paths:
-            fn(p)
-        best_cpu = min(best_cpu, (time.thread_time() - c0) / len(paths))
-        best_wall = min(best_wall, (time.perf_counter() - w0) / len(paths))
-    return best_cpu, best_wall
+def time_per_scan(fns: dict, paths, repeat: int) -> dict:
+    """``{name: (cpu s/scan, wall s/scan)}`` lists, one entry per pass over
+    ``paths``; the functions alternate pass by pass, the order rotated."""
+    names = list(fns)
+    out = {n: ([], []) for n in names}
+    for r in range(repeat):
+        k = r % len(names)
+        for n in names[k:] + names[:k]:
+            c0, w0 = time.thread_time(), time.perf_counter()
+            for p in paths:
+                fns[n](p)
+            out[n][0].append((time.thread_time() - c0) / len(paths))
+            out[n][1].append((time.perf_counter() - w0) / len(paths))
+    return out
+
+
+def _stats(xs) -> str:
+    return f"min {min(xs) * 1e3:.2f} / median {float(np.median(xs)) * 1e3:.2f} ms"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scans", type=int, default=8, help="different scans per sensor")
-    parser.add_argument("--repeat", type=int, default=5, help="timed passes (best is kept)")
+    parser.add_argument("--repeat", type=int, default=5, help="alternated timed passes (min and median)")
     args = parser.parse_args()
     rng = np.random.default_rng(0)
+    print(machine_line())
     print(f"numba {numba.__version__}: kernel is single-threaded (@njit, no prange); "
           f"numba threads available {numba.get_num_threads()}, torch threads {torch.get_num_threads()}, "
           f"os.cpu_count {os.cpu_count()}")
@@ -146,32 +157,35 @@ def main() -> None:
 
             a, b = ours(paths[0]), ref(paths[0])
             agree = np.mean(a["proj_idx"] == b["proj_idx"])
-            cpu_ours, wall_ours = time_per_scan(ours, paths, args.repeat)
-            cpu_ref, wall_ref = time_per_scan(ref, paths, max(1, args.repeat // 2))
-            read_cpu, _ = time_per_scan(reader, paths, args.repeat)
+            t = time_per_scan({"ours": ours, "ref": ref, "read": reader}, paths, args.repeat)
+            cpu_ours, wall_ours = min(t["ours"][0]), min(t["ours"][1])
+            cpu_ref, wall_ref = min(t["ref"][0]), min(t["ref"][1])
+            med_ours, med_ref = float(np.median(t["ours"][0])), float(np.median(t["ref"][0]))
             print(f"{name}: {npts:.0f} points/scan -> {sensor['height']}x{sensor['width']} "
                   f"(use_ring={sensor['use_ring']}); first call incl. numba compile/cache load {first:.2f} s; "
                   f"winner agreement with numpy float32 reference {agree:.5f}")
-            print(f"  read alone: {read_cpu * 1e3:.2f} ms/scan")
-            print(f"  numba read+project: {cpu_ours * 1e3:.2f} ms cpu/scan = {1 / cpu_ours:.1f} scans/s/core "
-                  f"(wall {1 / wall_ours:.1f} scans/s)")
-            print(f"  numpy read+project: {cpu_ref * 1e3:.2f} ms cpu/scan = {1 / cpu_ref:.1f} scans/s/core "
-                  f"(wall {1 / wall_ref:.1f} scans/s)")
-            print(f"  speedup {cpu_ref / cpu_ours:.1f}x (cpu), {wall_ref / wall_ours:.1f}x (wall)")
-            results[name] = (1 / cpu_ours, cpu_ref / cpu_ours, ours, ref, paths)
+            print(f"  read alone: cpu {_stats(t['read'][0])} per scan")
+            print(f"  numba read+project: cpu {_stats(t['ours'][0])} per scan = {1 / cpu_ours:.1f} scans/s/core "
+                  f"by min, {1 / med_ours:.1f} by median (wall {1 / wall_ours:.1f} scans/s)")
+            print(f"  numpy read+project: cpu {_stats(t['ref'][0])} per scan = {1 / cpu_ref:.1f} scans/s/core "
+                  f"by min, {1 / med_ref:.1f} by median (wall {1 / wall_ref:.1f} scans/s)")
+            print(f"  speedup by median {med_ref / med_ours:.1f}x (cpu)")
+            print(f"  speedup by minimum {cpu_ref / cpu_ours:.1f}x (cpu), {wall_ref / wall_ours:.1f}x (wall)")
+            results[name] = (1 / med_ours, med_ref / med_ours, ours, ref, paths, 1 / cpu_ours)
 
         # The same again with glibc keeping freed memory (opt-in helper): on
         # VMs where page faults are slow, the fresh multi-MB output buffers
         # can dominate, depending on the allocator's history.
         if reduce_page_faults():
-            for name, (_, _, ours, ref, paths) in results.items():
-                c_o, _ = time_per_scan(ours, paths, args.repeat)
-                c_r, _ = time_per_scan(ref, paths, max(1, args.repeat // 2))
-                print(f"{name} after reduce_page_faults(): numba {1 / c_o:.1f} scans/s/core, "
+            for name, (_, _, ours, ref, paths, _) in results.items():
+                t = time_per_scan({"ours": ours, "ref": ref}, paths, args.repeat)
+                c_o, c_r = float(np.median(t["ours"][0])), float(np.median(t["ref"][0]))
+                print(f"{name} after reduce_page_faults() (medians): numba {1 / c_o:.1f} scans/s/core, "
                       f"numpy {1 / c_r:.1f} scans/s/core, speedup {c_r / c_o:.1f}x")
 
     k, n = results["kitti"], results["nuscenes"]
     print(f"RESULT kitti_scans_per_s={k[0]:.1f} nuscenes_scans_per_s={n[0]:.1f} "
+          f"kitti_scans_per_s_best={k[5]:.1f} nuscenes_scans_per_s_best={n[5]:.1f} "
           f"speedup_vs_numpy_kitti={k[1]:.1f} speedup_vs_numpy_nuscenes={n[1]:.1f}")
 
 

@@ -22,6 +22,7 @@ with warnings.catch_warnings():  # spconv uses deprecated torch.cuda.amp decorat
     from cdcl3d.models.sparse_unet import SparseUNet
 
 from cdcl3d.voxel import collate_sparse, voxelize
+from timing import alternate, machine_line, med
 
 
 def synthetic_scan(n: int, seed: int = 0) -> np.ndarray:
@@ -56,16 +57,14 @@ def main() -> None:
     pts = synthetic_scan(args.points)
     labels = np.random.default_rng(1).integers(0, 19, args.points).astype(np.int64)
 
-    voxelize(pts, args.voxel)  # warm-up
-    reps = 10
-    t0 = time.perf_counter()
-    for _ in range(reps):
-        vox = voxelize(pts, args.voxel)
-    vox_s = (time.perf_counter() - t0) / reps
+    print(machine_line())
+    vox_times = alternate({"voxelize": lambda: voxelize(pts, args.voxel)}, 10)["voxelize"]
+    vox_s = med(vox_times)
+    vox = voxelize(pts, args.voxel)
     num_voxels = vox["coords"].shape[0]
     print(f"points {args.points}  voxels {num_voxels} at {args.voxel} m  grid {vox['spatial_shape']}")
-    print(f"voxelize: {vox_s * 1e3:.1f} ms  ({num_voxels / vox_s / 1e6:.2f} M voxels/s, "
-          f"{args.points / vox_s / 1e6:.2f} M points/s)")
+    print(f"voxelize: {vox_s * 1e3:.1f} ms median of 10 (min {min(vox_times) * 1e3:.1f}; "
+          f"{num_voxels / vox_s / 1e6:.2f} M voxels/s, {args.points / vox_s / 1e6:.2f} M points/s)")
 
     batch = collate_sparse([dict(points=pts, labels=labels, id="bench")], voxel_size=args.voxel)
     model = SparseUNet(in_channels=4, num_classes=19)
@@ -89,14 +88,14 @@ def main() -> None:
     step_s = float(np.median(times))
     model.eval()
     with torch.no_grad():
-        t0 = time.perf_counter()
-        model(batch)
-        infer_s = time.perf_counter() - t0
+        infer_times = alternate({"inference": lambda: model(batch)}, args.steps)["inference"]
+    infer_s = med(infer_times)
     print(f"train step (forward + backward + SGD), median of {args.steps}: {step_s:.3f} s "
           f"(min {min(times):.3f}, max {max(times):.3f})")
-    print(f"inference forward: {infer_s:.3f} s")
-    print(f"RESULT step_s={step_s:.3f} voxelize_ms={vox_s * 1e3:.1f} "
-          f"voxels_per_s={num_voxels / vox_s:.0f} num_voxels={num_voxels} infer_s={infer_s:.3f}")
+    print(f"inference forward, median of {args.steps}: {infer_s:.3f} s (min {min(infer_times):.3f})")
+    print(f"RESULT step_s={step_s:.3f} step_min_s={min(times):.3f} voxelize_ms={vox_s * 1e3:.1f} "
+          f"voxelize_min_ms={min(vox_times) * 1e3:.1f} voxels_per_s={num_voxels / vox_s:.0f} "
+          f"num_voxels={num_voxels} infer_s={infer_s:.3f} infer_min_s={min(infer_times):.3f}")
 
 
 if __name__ == "__main__":
