@@ -239,3 +239,19 @@ def test_cdcl_predict_onnxruntime_engine_equals_torch(trained_kitti, tmp_path, c
                  "--onnx", str(tmp_path / "missing.onnx")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "missing.onnx" in err[0] and "no such file" in err[0]
+
+
+def test_cdcl_eval_states_the_tta_used(trained_kitti, tmp_path, capsys):
+    import json
+
+    from common.cli import main
+
+    config, ckpt, work = trained_kitti
+    for extra, said in (([], "off"), (["eval.options.tta={flip_y: true, yaw: [180]}"], "3 views (identity, flip_y, yaw 180)")):
+        out = tmp_path / "val.json"
+        capsys.readouterr()
+        assert main(["eval", config, "--checkpoint", ckpt, "--out", str(out), *extra]) == 0
+        assert json.loads(out.read_text())["semantickitti"]["tta"].startswith(said)
+        assert f"tta: {said}" in capsys.readouterr().out
+    assert main(["eval", config, "--checkpoint", ckpt, "eval.options.tta={flip: true}"]) == 2
+    assert "eval.options.tta.flip" in capsys.readouterr().err
