@@ -7,8 +7,9 @@ import pytest
 from common.config import load_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# experiment configs only: configs/studies/ holds study files (tests/test_study.py)
 CONFIGS = sorted(p for p in glob.glob(os.path.join(ROOT, "configs", "**", "*.yaml"), recursive=True)
-                 if "_base_" not in p)
+                 if "_base_" not in p and os.sep + "studies" + os.sep not in p)
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: os.path.relpath(p, ROOT))
