@@ -367,3 +367,32 @@ def test_tensorboard_helpers(monkeypatch, caplog):
         assert not tb.add_scan_render(wr, "val/scan", 8, points, lab, preds, pal)
     assert "skipping scan render" in caplog.text
     assert len(wr.images) == 4
+
+
+def test_cdcl_show_scan_file_of_any_type(tmp_path, monkeypatch, capsys):
+    """A scan file is read through its dataset type's row: SemanticPOSS raw
+    ids (raw 9 = plants) by ``--dataset semanticposs``; an ending no type
+    reads and an unknown type are one line each."""
+    from cdcl3d.datasets.specs import DATASET_TYPES
+
+    monkeypatch.delenv("DISPLAY", raising=False)
+    rng = np.random.default_rng(0)
+    n = 3000
+    ang = rng.uniform(-np.pi, np.pi, n)
+    pts = np.stack([20 * np.cos(ang), 20 * np.sin(ang), rng.uniform(-2, 1, n), rng.uniform(0, 50, n)],
+                   1).astype(np.float32)
+    (tmp_path / "02/velodyne").mkdir(parents=True)
+    (tmp_path / "02/labels").mkdir()
+    scan = tmp_path / "02/velodyne/000000.bin"
+    pts.tofile(scan)
+    np.full(n, 9, np.uint32).tofile(tmp_path / "02/labels/000000.label")
+    out = tmp_path / "poss.png"
+    rc = run(_args(str(scan), "--dataset", "semanticposs", "--png", str(out), "--backend", "numpy"))
+    assert rc == 0, capsys.readouterr().err
+    spec = DATASET_TYPES["semanticposs"]
+    plants = spec.class_names({}).index("plants")
+    assert (np.asarray(Image.open(out))[..., :3] == C.display_palette(spec.palette())[plants]).all(axis=2).sum() > 50
+    rc = run(_args(str(tmp_path / "scan.xyz"), "--png", str(out)))
+    assert rc == 2 and "not a scan file" in capsys.readouterr().err
+    rc = run(_args(str(scan), "--dataset", "velodyne", "--png", str(out)))
+    assert rc == 2 and "dataset type" in capsys.readouterr().err

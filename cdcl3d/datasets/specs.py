@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional
 
 from .labelmap import KittiFormatLabelMap, load_label_yaml, package_label_yaml
+from .scan_files import KITTI_LAYOUT_FILES, NUSCENES_FILES
 
 MIOU_MODES = ("all", "present")
 CLASS_WEIGHTS = ("content", "computed", "none")
@@ -49,6 +50,8 @@ class LidarDatasetSpec:
       train_ids)``, ``close()`` and ``report()``.
     * ``options``: the ``data.<name>`` keys this type reads, with their types.
     * ``forward``: the sensor frame's forward axis (``x``; nuScenes' LIDAR_TOP ``y``), for pictures.
+    * ``files``: one scan's files read by themselves, for ``cdcl show SCAN``
+      (:mod:`cdcl3d.datasets.scan_files`).
     """
 
     name: str
@@ -62,6 +65,7 @@ class LidarDatasetSpec:
     class_weights: str = "content"
     options: Dict[str, Any] = field(default_factory=dict)
     forward: str = "x"
+    files: Any = KITTI_LAYOUT_FILES
 
     def __post_init__(self) -> None:
         if self.miou_mode not in MIOU_MODES:
@@ -191,7 +195,7 @@ register_dataset_type(LidarDatasetSpec(
 register_dataset_type(LidarDatasetSpec(
     name="nuscenes", title="nuScenes", reader=read_nuscenes, label_map=nuscenes_classes, sensor="hdl32",
     writer=nuscenes_writer, miou_mode="present", evaluator="nuScenes LidarSegEval",
-    class_weights="computed", options={"version": str}, forward="y"))
+    class_weights="computed", options={"version": str}, forward="y", files=NUSCENES_FILES))
 register_dataset_type(LidarDatasetSpec(
     name="semanticposs", title="SemanticPOSS", reader=read_kitti_format,
     label_map=lambda cfg: package_label_map("semantic-poss.yaml", "SemanticPOSS"), sensor="pandora",

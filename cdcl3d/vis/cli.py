@@ -3,7 +3,7 @@
     cdcl show SCAN [--labels L] [--pred P] [--color MODE] [--png OUT]
     cdcl show CONFIG.yaml [key=value ...] --index I [--dataset NAME] [--split S] [--checkpoint CKPT]
                    [--png OUT] [--width W --height H] [--camera bev|chase]
-                   [--dataset semantickitti|nuscenes] [--range-png OUT] [--window]
+                   [--dataset TYPE] [--range-png OUT] [--window]
 
 With a config the config's task draws the sample (:meth:`common.task.Task.show`):
 a LiDAR scan here (:func:`show_sample`), an image as image | ground truth |
@@ -37,102 +37,47 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from common.errors import DataError, ShowError, UserError
+from common.errors import ShowError, UserError
 
 from .colors import (CORRECT_COLOR, IGNORE_INDEX, IGNORED_COLOR, MODES, WRONG_COLOR, class_names,
-                     colorize, display_palette, nuscenes_fine_to_train_lut, point_ranges, present_classes,
+                     colorize, display_palette, point_ranges, present_classes,
                      train_palette)
 from .render import CAMERAS, fit_camera, render_any, save_png
 from .viewer import ScanData, has_display, show_window
 
-DATASETS = ("semantickitti", "nuscenes")
-
-
 # -- reading files ----------------------------------------------------------------
 
+def _types():
+    from cdcl3d.datasets.specs import DATASET_TYPES
+    return DATASET_TYPES
+
+
 def infer_dataset(path: str) -> str:
-    """'nuscenes' for a ``.pcd.bin`` file, else 'semantickitti'."""
-    return "nuscenes" if path.endswith(".pcd.bin") else "semantickitti"
-
-
-def default_kitti_labels(scan_path: str) -> Optional[str]:
-    """``<seq>/labels/NNNNNN.label`` for ``<seq>/velodyne/NNNNNN.bin`` if it exists."""
-    stem = os.path.splitext(os.path.basename(scan_path))[0]
-    cand = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(scan_path))), "labels",
-                        stem + ".label")
-    return cand if os.path.isfile(cand) else None
-
-
-def _kitti_pred_path(pred: str, scan_path: str) -> str:
-    if os.path.isdir(pred):
-        return os.path.join(pred, os.path.splitext(os.path.basename(scan_path))[0] + ".label")
-    return pred
-
-
-def read_kitti_ids(path: str, num_points: int) -> np.ndarray:
-    """A SemanticKITTI ``.label`` file (raw ids) as int64 train ids (255 ignore)."""
-    from cdcl3d.datasets.labelmap import SemanticKittiLabelMap
-    from cdcl3d.datasets.semantickitti import read_labels
-
-    raw = read_labels(path, num_points)
-    try:
-        return SemanticKittiLabelMap().to_train(raw)
-    except ValueError as exc:
-        raise DataError(f"{path}: {exc}") from None
-
-
-def read_nuscenes_labels(path: str, num_points: int) -> np.ndarray:
-    """A lidarseg ``_lidarseg.bin`` (uint8 fine ids) as int64 train ids 0..15 / 255."""
-    from cdcl3d.datasets.nuscenes import read_labels
-
-    fine = read_labels(path, num_points)
-    train = nuscenes_fine_to_train_lut()[fine]
-    if train.size and train.min() < 0:
-        bad = np.unique(fine[train < 0]).tolist()[:10]
-        raise DataError(f"{path}: unknown nuScenes fine label id(s) {bad} (valid 0..31)")
-    return train
-
-
-def read_nuscenes_preds(path: str, num_points: int) -> np.ndarray:
-    """A lidarseg submission ``.bin`` (uint8 challenge ids 1..16, 0 ignore) as
-    int64 train ids 0..15 / 255."""
-    from cdcl3d.datasets.nuscenes import read_labels
-
-    ids = read_labels(path, num_points).astype(np.int64)
-    if ids.size and ids.max() > 16:
-        raise DataError(f"{path}: prediction ids up to {int(ids.max())}, but a nuScenes prediction "
-                         "holds challenge ids 0..16 (is this a fine-id label file? pass it as --labels)")
-    return np.where(ids == 0, IGNORE_INDEX, ids - 1)
+    """The first dataset type whose scan files end like ``path``, the longest
+    ending winning (``.pcd.bin``: nuScenes; ``.bin``: SemanticKITTI)."""
+    matches = [s for s in _types().values() if path.endswith(s.files.suffix)]
+    if not matches:
+        raise ShowError(f"{path}: not a scan file of any dataset type (endings: "
+                        f"{', '.join(sorted({s.files.suffix for s in _types().values()}))})")
+    return max(matches, key=lambda s: len(s.files.suffix)).name
 
 
 def load_scan_files(scan: str, labels: Optional[str] = None, pred: Optional[str] = None,
                     dataset: Optional[str] = None) -> Tuple[ScanData, str]:
-    """Read a scan (and its labels / prediction) from disk; returns the scan
-    with train ids and the dataset name. Bad files raise the readers' errors
-    (FileNotFoundError / DataError naming the file)."""
+    """Read a scan (and its labels / prediction) from disk through its dataset
+    type's row; returns the scan with train ids and the type name. Bad files
+    raise the readers' errors (FileNotFoundError / DataError naming the file)."""
     dataset = dataset or infer_dataset(scan)
-    name = os.path.basename(scan)
-    if dataset == "semantickitti":
-        from cdcl3d.datasets.semantickitti import read_points
-
-        points = read_points(scan)
-        labels = labels or default_kitti_labels(scan)
-        lab = read_kitti_ids(labels, len(points)) if labels else None
-        prd = read_kitti_ids(_kitti_pred_path(pred, scan), len(points)) if pred else None
-    elif dataset == "nuscenes":
-        from cdcl3d.datasets.nuscenes import read_points
-
-        points = read_points(scan)
-        lab = read_nuscenes_labels(labels, len(points)) if labels else None
-        prd = read_nuscenes_preds(pred, len(points)) if pred else None
-    else:
-        raise ShowError(f"unknown dataset {dataset!r}; valid: {list(DATASETS)}")
-    return ScanData(points=points, labels=lab, preds=prd, name=name), dataset
+    if dataset not in _types():
+        raise ShowError(f"--dataset must be a dataset type ({', '.join(_types())}) for a scan file")
+    spec = _types()[dataset]
+    points, lab, prd = spec.files.read(spec, scan, labels, pred)
+    return ScanData(points=points, labels=lab, preds=prd, name=os.path.basename(scan)), dataset
 
 
 def sibling_scans(scan: str, dataset: str) -> List[str]:
     """The scans of ``scan``'s folder (same kind), sorted, for N / P in the viewer."""
-    pattern = "*.pcd.bin" if dataset == "nuscenes" else "*.bin"
+    pattern = "*" + _types()[dataset].files.suffix
     found = sorted(glob.glob(os.path.join(os.path.dirname(os.path.abspath(scan)), pattern)))
     return found if os.path.abspath(scan) in found else [os.path.abspath(scan)]
 
@@ -293,7 +238,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--point-size", type=float, default=2.0,
                         help="point side in pixels (default: %(default)s)")
     parser.add_argument("--dataset", default=None,
-                        help="file mode: semantickitti|nuscenes (default: nuscenes for *.pcd.bin); "
+                        help="file mode: the dataset type (semantickitti, nuscenes, semanticposs, ...; "
+                        "default: from the file ending, nuscenes for *.pcd.bin); "
                         "config mode: the dataset name under data: (default: the first)")
     parser.add_argument("--range-png", help="also write the range-image picture here")
     parser.add_argument("--window", action="store_true", help="open a window even without $DISPLAY")
@@ -387,8 +333,6 @@ def _run(args: argparse.Namespace) -> int:
     if getattr(args, "overrides", None):
         raise ShowError(f"key=value overrides ({' '.join(args.overrides)}) apply to a config, not to the scan "
                         f"file {args.scan}")
-    if args.dataset is not None and args.dataset not in DATASETS:
-        raise ShowError(f"--dataset must be one of {DATASETS} for a scan file")
     scan, dataset = load_scan_files(args.scan, args.labels, args.pred, args.dataset)
     window = bool(args.window or (has_display() and not args.png))
     if window:
