@@ -40,6 +40,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from common.errors import OptionError
+
 from .datasets.labels import CITYSCAPES_LABELS, cityscapes_id_to_train_lut
 
 Point = Tuple[int, int]
@@ -532,7 +534,7 @@ def write_dataset(kind: str, out_dir: str, num_train: int = 40, num_val: int = 1
     """Write one synthetic dataset in ``kind``'s layout under ``out_dir/kind``;
     returns that root. ``size = (width, height)`` overrides the style's."""
     if kind not in STYLES:
-        raise ValueError(f"unknown synthetic dataset {kind!r}; valid: {', '.join(DATASETS)}")
+        raise OptionError(f"unknown synthetic dataset {kind!r}; valid: {', '.join(DATASETS)}")
     style = STYLES[kind]
     if size is not None:
         style = Style(**{**style.__dict__, "size": (int(size[0]), int(size[1]))})
@@ -597,7 +599,7 @@ def run(args: argparse.Namespace) -> int:
     kinds = [k.strip() for k in args.datasets.split(",") if k.strip()]
     bad = [k for k in kinds if k not in DATASETS]
     if bad:
-        raise ValueError(f"unknown dataset(s) {bad}; valid: {', '.join(DATASETS)}")
+        raise OptionError(f"unknown dataset(s) {bad}; valid: {', '.join(DATASETS)}")
     roots = generate(args.out, kinds, args.num_train, args.num_val, args.seed)
     for kind, root in roots.items():
         print(f"{kind:11s} -> {root}")

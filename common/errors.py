@@ -47,3 +47,8 @@ class MissingDependencyError(UserError, ImportError):
 class ShowError(UserError, ValueError):
     """A ``cdcl show`` option that does not fit (a dataset, index or colour
     mode the scan, image or config does not have)."""
+
+
+class OptionError(UserError, ValueError):
+    """A command-line option or argument out of its range (``--scans -1``,
+    an unknown name in ``--datasets``)."""

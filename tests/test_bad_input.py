@@ -375,6 +375,15 @@ def test_demo_of_an_unknown_task(capsys):
     run_bad(capsys, ["demo", "--task", "4d"], "4d", "3d")
 
 
+@pytest.mark.parametrize("argv,named", [
+    (["synth", "lidar", "--scans", "-1"], "--scans"),
+    (["synth", "images", "--datasets", "bogus"], "bogus"),
+])
+def test_synth_options_out_of_range(capsys, tmp_path, argv, named):
+    run_bad(capsys, argv + ["--out", str(tmp_path / "out")], named)
+    assert not (tmp_path / "out").exists()
+
+
 def test_bugs_keep_their_traceback_and_v_shows_every_one(monkeypatch, capsys, toy):
     """Only what the user can fix is one line: an internal KeyError stays an
     exception (a traceback), and ``-v`` re-raises the user errors too."""

@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import time
 
+from common.errors import OptionError
+
 DEFAULT_OUT = "data/synth/lidar"
 
 
@@ -39,7 +41,7 @@ def points_to_scale(points: float) -> float:
     from .lidar import KITTI_POINTS_PER_SCAN
 
     if not points > 0:
-        raise ValueError(f"--points must be > 0, got {points}")
+        raise OptionError(f"--points must be > 0, got {points}")
     return points if points <= 10 else points / KITTI_POINTS_PER_SCAN
 
 
@@ -63,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
                       f"--split test)")
         print(f"done in {took:.1f} s")
     elif args.scans < 0 or not args.stats:
-        raise ValueError(f"--scans must be >= 1 (or 0 with --stats), got {args.scans}")
+        raise OptionError(f"--scans must be >= 1 (or 0 with --stats), got {args.scans}")
     if args.stats:
         print(format_histogram(class_histogram(args.out)))
     return 0

@@ -39,6 +39,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from common.errors import OptionError
+
 from .sensors import KITTI_SENSOR, NUSCENES_SENSOR, POSS_SENSOR, Sensor, scan
 from .world import (KINDS, KITTI_OF_KIND, KITTI_STYLE, NUSCENES_FINE, NUSCENES_OF_KIND,
                     NUSCENES_STYLE, POSS_OF_KIND, POSS_STYLE, Style, build_street)
@@ -338,13 +340,13 @@ def generate_lidar(out: str, seed: int = 0, scans: int = 60, points_scale: float
     """
     unknown = [d for d in datasets if d not in DATASETS]
     if unknown:
-        raise ValueError(f"unknown dataset(s) {unknown}; choose from {list(DATASETS)}")
+        raise OptionError(f"unknown dataset(s) {unknown}; choose from {list(DATASETS)}")
     if scans < 1:
-        raise ValueError(f"scans must be >= 1, got {scans}")
+        raise OptionError(f"scans must be >= 1, got {scans}")
     if not points_scale > 0:
-        raise ValueError(f"points_scale must be > 0, got {points_scale}")
+        raise OptionError(f"points_scale must be > 0, got {points_scale}")
     if nuscenes_test_scans is not None and nuscenes_test_scans < 0:
-        raise ValueError(f"nuscenes_test_scans must be >= 0, got {nuscenes_test_scans}")
+        raise OptionError(f"nuscenes_test_scans must be >= 0, got {nuscenes_test_scans}")
     result: Dict[str, object] = {"out": out, "seed": seed}
     if "semantickitti" in datasets:
         result["semantickitti"] = generate_semantickitti(os.path.join(out, "semantickitti"), seed,
