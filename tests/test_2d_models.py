@@ -166,3 +166,37 @@ def test_pspnet_bad_args():
     with pytest.raises(ValueError, match="unknown backbone"):
         build_pspnet(3, backbone="vgg16")
     assert isinstance(build_resnet("resnet18"), ResNet)
+
+
+def test_pspnet_exports_to_onnx_when_the_features_are_not_a_multiple_of_the_bins(tmp_path, monkeypatch):
+    """A 40x40 input gives 5x5 features at output stride 8: bins 2, 3 and 6 do
+    not divide 5, which ONNX's exporter refuses for adaptive pooling."""
+    import onnxruntime as ort
+
+    from cdcl2d.models.pspnet import AdaptiveAvgPool, PSPNet
+
+    x = torch.randn(2, 8, 5, 7, generator=torch.Generator().manual_seed(0))
+    with monkeypatch.context() as m:
+        m.setattr(torch.onnx, "is_in_onnx_export", lambda: True)
+        for n in (1, 2, 3, 6):  # the export form equals torch's adaptive pooling
+            exported = AdaptiveAvgPool(n)(x)
+            assert torch.allclose(exported, torch.nn.functional.adaptive_avg_pool2d(x, n), atol=1e-6)
+    torch.manual_seed(0)
+    model = PSPNet(5, channels=16, aux_channels=8).eval()
+    inp = torch.randn(1, 3, 40, 40)
+    path = str(tmp_path / "psp.onnx")
+    with torch.no_grad():
+        ref = model(inp)["out"]
+        torch.onnx.export(_Out(model), inp, path, input_names=["input"], output_names=["logits"],
+                          opset_version=17, dynamo=False)
+    out = ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(None, {"input": inp.numpy()})[0]
+    assert abs(out - ref.numpy()).max() < 1e-4
+
+
+class _Out(torch.nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model(x)["out"]

@@ -19,6 +19,27 @@ from common.engine import map_logits
 from .resnet import NormLayer, build_resnet
 
 
+class AdaptiveAvgPool(nn.Module):
+    """``nn.AdaptiveAvgPool2d(size)`` that also exports to ONNX when the input
+    is not a multiple of ``size`` (ONNX has no adaptive pooling: the exporter
+    refuses e.g. 64 -> 3). While exporting, each bin is averaged over the
+    same window as torch's definition, ``[floor(i*H/n), ceil((i+1)*H/n))``."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = int(size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = self.size
+        h, w = int(x.shape[-2]), int(x.shape[-1])
+        if not torch.onnx.is_in_onnx_export() or (h % n == 0 and w % n == 0):
+            return F.adaptive_avg_pool2d(x, n)
+        edges = lambda length: [(i * length // n, -(-(i + 1) * length // n)) for i in range(n)]
+        rows = [torch.cat([x[..., r0:r1, c0:c1].mean((-2, -1), keepdim=True) for c0, c1 in edges(w)], -1)
+                for r0, r1 in edges(h)]
+        return torch.cat(rows, -2)
+
+
 class PyramidPooling(nn.Module):
     """Average-pool to each bin size, reduce channels, upsample, concatenate
     with the input (output has ``2 * in_channels`` channels)."""
@@ -28,7 +49,7 @@ class PyramidPooling(nn.Module):
         super().__init__()
         reduction = in_channels // len(bins)
         self.stages = nn.ModuleList([
-            nn.Sequential(nn.AdaptiveAvgPool2d(b), nn.Conv2d(in_channels, reduction, 1, bias=False),
+            nn.Sequential(AdaptiveAvgPool(b), nn.Conv2d(in_channels, reduction, 1, bias=False),
                           norm_layer(reduction), nn.ReLU(inplace=True))
             for b in bins])
         self.out_channels = in_channels + reduction * len(bins)
