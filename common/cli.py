@@ -1,6 +1,6 @@
 """The ``cdcl`` command.
 
-Core sub-commands live here (train, eval, info, predict, export, precise-bn,
+Core sub-commands live here (train, eval, info, predict, export, adapt, precise-bn,
 demo, synth); task packages add theirs (``show`` ...) and their synth targets
 through :mod:`common.registry` when their plugin loads.
 """
@@ -185,6 +185,11 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_adapt(args) -> int:
+    from .adapt import adapt_from_args
+    return adapt_from_args(args)
+
+
 def cmd_precise_bn(args) -> int:
     from .precise_bn import precise_bn_from_args
     return precise_bn_from_args(args)
@@ -306,6 +311,30 @@ def build_parser() -> argparse.ArgumentParser:
                    help="batches of the dataset's training split to average over (default: %(default)s)")
     p.add_argument("--out", required=True, help="where to write the updated checkpoint")
     p.set_defaults(func=cmd_precise_bn)
+
+    p = add_command(sub, "adapt", "make an unseen dataset a branch of its own without labels "
+                    "(choose a branch, precise BN, optionally TENT)",
+                    f"cdcl adapt configs/2d/synth_zeroshot_kitti.yaml --checkpoint {_CKPT} "
+                    "--dataset kitti --branch auto --method tent --out kitti_adapted.pth")
+    _add_config(p)
+    p.add_argument("--checkpoint", required=True, help="checkpoint (.pth) written by cdcl train")
+    p.add_argument("--dataset", required=True,
+                   help="the unseen dataset (declared with data.<name>.branch) that becomes a branch")
+    p.add_argument("--branch", default="auto",
+                   help="the trained branch to start from, or 'auto': the one whose BN statistics are "
+                        "closest to the dataset's (default: %(default)s)")
+    p.add_argument("--method", choices=["precise-bn", "tent"], default="precise-bn",
+                   help="precise-bn: recompute the BN statistics; tent: then minimise the prediction "
+                        "entropy over the BN affine parameters (default: %(default)s)")
+    p.add_argument("--batches", type=int, default=200,
+                   help="batches of the dataset's training split (labels unused) for scoring and "
+                        "statistics (default: %(default)s)")
+    p.add_argument("--steps", type=int, default=200,
+                   help="TENT steps, cycling over those batches (default: %(default)s)")
+    p.add_argument("--lr", type=float, default=1e-3,
+                   help="TENT learning rate, SGD momentum 0.9 as in the TENT paper (default: %(default)s)")
+    p.add_argument("--out", required=True, help="where to write the checkpoint with the new branch")
+    p.set_defaults(func=cmd_adapt)
 
     p = add_command(sub, "demo", "generate data, train baselines and CDCL, print the table",
                     "cdcl demo --task 2d --out demo_2d --quick")

@@ -158,12 +158,20 @@ def load_model_for_eval(cfg: Config, checkpoint: str, device: torch.device,
     task = task or get_task(cfg)
     state = load_checkpoint(checkpoint, map_location="cpu")
     num_classes = state.get("num_classes")
+    # branches added by `cdcl adapt` (common.adapt): built as copies of their
+    # source branch, then loaded; the config may still declare them unseen
+    adapted = {n: a["from"] for n, a in (state.get("adapted") or {}).items() if n not in cfg.names}
     if num_classes is None:
         num_classes = {n: num_classes_of(build_dataset(cfg, n, cfg.data[n].val_split, False, task))
                        for n in cfg.names}
     else:
+        num_classes = {n: k for n, k in num_classes.items() if n not in adapted}
         check_checkpoint_datasets(cfg, num_classes, checkpoint, task)
     model = build_model(cfg, dict(num_classes), task)
+    if adapted:
+        from .adapt import add_branch
+        for n, source in adapted.items():
+            add_branch(model, n, source)
     check_state_dict(model, state["model"], checkpoint, hint=_config_differences(cfg, state))
     model.load_state_dict(state["model"])
     return model.to(device).eval()

@@ -1,0 +1,296 @@
+"""``cdcl adapt``: make an unseen dataset a branch of its own, without labels.
+
+An unseen dataset (``data.<NEW>.branch: <trained>``) is served by a trained
+branch. Adapting it takes four steps, each a plain function here:
+
+1. choose the source branch (:func:`score_branches`): on NEW's unlabelled
+   scans, for every trained branch, the distance between each BatchNorm
+   layer's batch statistics on NEW and the branch's running statistics
+   (:func:`bn_distance`, a symmetric KL between per-channel Gaussians, mean
+   over channels, summed over layers) and the mean prediction entropy
+   (:func:`mean_entropy`, divided by ``log K`` so heads of different class
+   counts compare); ``auto`` picks the smallest distance;
+2. copy that branch (BN layers and head) under the new name NEW in every
+   dataset-specific wrapper (:func:`add_branch`);
+3. ``precise-bn``: recompute the new branch's BN statistics on NEW (true
+   averages, :func:`common.precise_bn.update_bn_stats`);
+4. ``tent`` (optional): entropy minimisation over the new branch's BN affine
+   parameters (:func:`tent`), from the precise-BN statistics.
+
+The checkpoint written holds the new branch's weights, ``num_classes[NEW]``
+and ``adapted: {NEW: {"from": source, "method": ...}}``.
+:func:`common.evaluation.load_model_for_eval` reads that record: a config
+that still declares ``data.NEW.branch`` (the one adapted with) or one that
+declares NEW as a trained dataset both load it, and NEW is then routed to its
+own branch. Source branches are copied, never written.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
+
+import torch
+from torch import nn
+
+from .dataset_specific import DatasetSpecific, collapse, dataset_names, dataset_specific_modules, route
+
+logger = logging.getLogger(__name__)
+
+#: TENT defaults (Wang et al., ICLR 2021: SGD, lr 1e-3, momentum 0.9, BN affine only)
+TENT_STEPS = 200
+TENT_LR = 1e-3
+TENT_MOMENTUM = 0.9
+
+_BN = nn.modules.batchnorm._BatchNorm
+
+
+def add_branch(model: nn.Module, new: str, source: str) -> nn.Module:
+    """Give ``model`` a branch ``new`` in every dataset-specific wrapper (norms
+    and heads): a deep copy of branch ``source``. ``new`` then routes to its own
+    branch (an alias of that name is dropped). Returns the model (changed in place)."""
+    names = dataset_names(model)
+    if source not in names:
+        raise KeyError(f"unknown branch {source!r}; this model knows {names}")
+    if new in names:
+        raise KeyError(f"the model already has a branch {new!r}")
+    for _, m in dataset_specific_modules(model):
+        m.branches[new] = copy.deepcopy(m.branches[source])
+        m.aliases = {a: b for a, b in m.aliases.items() if a != new}
+    return model
+
+
+def _logits(out: Any) -> torch.Tensor:
+    return out["out"] if isinstance(out, dict) else out
+
+
+def _entropy(logits: torch.Tensor, batch: Dict[str, Any]) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Sum and count of per-element prediction entropies / log K (empty
+    range-image pixels, ``batch["mask"] == 0``, left out)."""
+    logp = torch.log_softmax(logits.float(), dim=1)
+    ent = -(logp.exp() * logp).sum(1) / math.log(max(logits.shape[1], 2))  # (B, ...)
+    mask = batch.get("mask") if isinstance(batch, dict) else None
+    if isinstance(mask, torch.Tensor) and mask.shape == ent.shape:
+        w = (mask > 0).to(ent.dtype)
+        return (ent * w).sum(), w.sum()
+    return ent.sum(), torch.tensor(float(ent.numel()))
+
+
+@torch.no_grad()
+def branch_scores(plain: nn.Module, batches: Iterable, forward: Callable[[nn.Module, Any], Any]) -> Dict[str, float]:
+    """One pass of ``plain`` (a collapsed branch, eval mode) over ``batches``:
+    ``bn_distance`` (each BN layer's batch statistics of its input over the
+    whole set against its running statistics: symmetric KL between the
+    per-channel Gaussians, mean over channels, summed over layers) and
+    ``entropy`` (mean prediction entropy / log K)."""
+    plain.eval()
+    bns = [m for m in plain.modules() if isinstance(m, _BN)]
+    sums: Dict[int, List[torch.Tensor]] = {}
+
+    def hook(i):
+        def f(mod, inputs, output):
+            x = inputs[0].detach().double()
+            x = x.transpose(0, 1).reshape(x.shape[1], -1)  # (C, N)
+            s = sums.setdefault(i, [torch.zeros_like(x[:, 0]), torch.zeros_like(x[:, 0]), 0])
+            s[0] += x.sum(1)
+            s[1] += (x * x).sum(1)
+            s[2] += x.shape[1]
+        return f
+
+    handles = [m.register_forward_hook(hook(i)) for i, m in enumerate(bns)]
+    ent_sum, ent_n = 0.0, 0.0
+    try:
+        for batch in batches:
+            e, n = _entropy(_logits(forward(plain, batch)), batch)
+            ent_sum, ent_n = ent_sum + float(e), ent_n + float(n)
+    finally:
+        for h in handles:
+            h.remove()
+    distance = 0.0
+    for i, m in enumerate(bns):
+        if i not in sums or m.running_mean is None:
+            continue
+        s1, s2, n = sums[i]
+        mu1 = s1 / n
+        v1 = (s2 / n - mu1 * mu1).clamp_min(0) + m.eps
+        mu2, v2 = m.running_mean.double(), m.running_var.double() + m.eps
+        kl = 0.5 * (v1 / v2 + v2 / v1 + (mu1 - mu2) ** 2 * (1 / v1 + 1 / v2)) - 1.0
+        distance += float(kl.mean())
+    return {"bn_distance": distance, "entropy": ent_sum / max(ent_n, 1.0)}
+
+
+def score_branches(model: nn.Module, make_batches: Callable[[], Iterable],
+                   forward: Callable[[nn.Module, Any], Any],
+                   branches: Optional[List[str]] = None) -> Dict[str, Dict[str, float]]:
+    """:func:`branch_scores` of every trained branch (``branches``: those only)
+    on the batches ``make_batches()`` yields (called once per branch)."""
+    return {b: branch_scores(collapse(model, b), make_batches(), forward)
+            for b in (branches or dataset_names(model))}
+
+
+def pick_branch(scores: Dict[str, Dict[str, float]]) -> str:
+    """The branch with the smallest BN-statistics distance."""
+    return min(scores, key=lambda b: scores[b]["bn_distance"])
+
+
+def format_scores(scores: Dict[str, Dict[str, float]], chosen: str) -> str:
+    lines = [f"{'branch':<16} {'BN distance':>12} {'entropy':>8}"]
+    for b, s in scores.items():
+        lines.append(f"{b:<16} {s['bn_distance']:>12.4f} {s['entropy']:>8.4f}" + ("  <- chosen" if b == chosen else ""))
+    by_entropy = min(scores, key=lambda b: scores[b]["entropy"])
+    lines.append(f"(BN distance picks {chosen!r}; entropy would pick {by_entropy!r})")
+    return "\n".join(lines)
+
+
+def tent(plain: nn.Module, batches: Iterable, forward: Callable[[nn.Module, Any], Any],
+         steps: int = TENT_STEPS, lr: float = TENT_LR, momentum: float = TENT_MOMENTUM) -> List[float]:
+    """TENT on a plain network: minimise the mean prediction entropy over the
+    BN affine parameters only, for ``steps`` batches of ``batches`` (cycled).
+
+    As in the paper, the forward normalises with the batch's statistics; the
+    running statistics (from precise BN) are kept (momentum 0) and used at
+    evaluation. Every other parameter is frozen. Returns the entropy per step."""
+    bns = [m for m in plain.modules() if isinstance(m, _BN)]
+    params = [p for m in bns for p in (m.weight, m.bias) if p is not None]
+    if not params:
+        raise ValueError("TENT needs BatchNorm layers with affine parameters")
+    grads = {p: p.requires_grad for p in plain.parameters()}
+    for p in plain.parameters():
+        p.requires_grad_(False)
+    for p in params:
+        p.requires_grad_(True)
+    saved = [(m.momentum, None if m.num_batches_tracked is None else m.num_batches_tracked.clone()) for m in bns]
+    opt = torch.optim.SGD(params, lr=lr, momentum=momentum)
+    plain.eval()
+    for m in bns:
+        m.train()
+        m.momentum = 0.0  # batch statistics in the forward, running ones untouched
+    losses: List[float] = []
+    try:
+        while len(losses) < steps:
+            seen = False
+            for batch in batches():
+                seen = True
+                e, n = _entropy(_logits(forward(plain, batch)), batch)
+                loss = e / n.clamp_min(1)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                losses.append(float(loss.detach()))
+                if len(losses) >= steps:
+                    break
+            if not seen:
+                raise ValueError("TENT got no batches")
+    finally:
+        for m, (mom, tracked) in zip(bns, saved):
+            m.momentum = mom
+            if tracked is not None:
+                m.num_batches_tracked.copy_(tracked)
+        for p, g in grads.items():
+            p.requires_grad_(g)
+        plain.eval()
+    return losses
+
+
+def copy_into_branch(model: nn.Module, plain: nn.Module, branch: str) -> None:
+    """Load a collapsed network's weights back into ``branch`` of ``model``
+    (only that branch's entries and shared ones that are equal change: the
+    shared ones are not written)."""
+    state = model.state_dict()
+    wrappers = {p for p, _ in dataset_specific_modules(model)}
+    for k, v in plain.state_dict().items():
+        parts = k.split(".")
+        for cut in range(len(parts) - 1, 0, -1):
+            prefix = ".".join(parts[:cut])
+            if prefix in wrappers:
+                target = ".".join(parts[:cut] + ["branches", branch] + parts[cut:])
+                state[target] = v.clone()
+                break
+    model.load_state_dict(state)
+
+
+def adapt_from_args(args) -> int:
+    """``cdcl adapt CONFIG --checkpoint C --dataset NEW [--branch auto|B]
+    [--method precise-bn|tent] [--steps N] [--batches N] --out NEW.pth``."""
+    from .build import build_dataset, get_task, num_classes_of
+    from .checkpoint import load_checkpoint, save_checkpoint
+    from .config import ConfigError, load_config
+    from .dist import select_device
+    from .evaluation import load_model_for_eval
+    from .precise_bn import equal_size_batches, update_bn_stats
+    from .utils import check_writable, to_device
+
+    cfg = load_config(args.config, args.overrides)
+    new = args.dataset
+    if new not in cfg.data:
+        raise ConfigError(f"--dataset {new!r}: the config {cfg.source} has {cfg.eval_names}")
+    if new in cfg.names:
+        raise ConfigError(f"--dataset {new!r} is trained in {cfg.source}: adapt an unseen dataset "
+                          f"(one declared with 'data.{new}.branch'); unseen: "
+                          f"{[n for n in cfg.eval_names if n not in cfg.names]}")
+    if args.branch != "auto" and args.branch not in cfg.names:
+        raise ConfigError(f"--branch {args.branch!r}: 'auto' or a trained dataset of {cfg.source}: {cfg.names}")
+    check_writable(args.out, "--out")
+    task = get_task(cfg)
+    device = select_device(cfg.train.device)
+    model = load_model_for_eval(cfg, args.checkpoint, device, task)
+    if not any(isinstance(next(iter(m.branches.values())), _BN) for _, m in dataset_specific_modules(model)):
+        raise ConfigError(f"{cfg.source}: strategy {cfg.strategy.name!r} has no dataset-specific BatchNorm "
+                          "to adapt (cdcl, conv_not_shared have)")
+    if new in dataset_names(model):
+        raise ConfigError(f"--dataset {new!r}: {args.checkpoint} already has a branch {new!r} "
+                          "(adapt the checkpoint it came from)")
+    entry = cfg.data[new]
+    ds = build_dataset(cfg, new, entry.train_split, False, task)
+    if len(ds) == 0:
+        raise ConfigError(f"data.{new}: split {entry.train_split!r} has no scans to adapt on")
+    collate = task.collate_fn(new, entry.as_dict())
+    seed = cfg.train.seed
+
+    def batches(limit: int = args.batches):
+        it = equal_size_batches(ds, entry.batch_size, collate, shuffle=True,
+                                generator=torch.Generator().manual_seed(seed))
+        for i, b in enumerate(it):
+            if i >= limit:
+                break
+            yield to_device(b, device)
+
+    # NEW's predictions are read in the source head's classes: only a head
+    # with NEW's class count can serve it
+    ck = load_checkpoint(args.checkpoint)
+    heads = dict(ck.get("num_classes") or {})
+    k_new = num_classes_of(ds)
+    fits = [b for b in cfg.names if int(heads.get(b, k_new)) == k_new]
+    if args.branch != "auto" and args.branch not in fits:
+        raise ConfigError(f"--branch {args.branch!r}: its head has {heads.get(args.branch)} classes, "
+                          f"{new} has {k_new}")
+    if not fits:
+        raise ConfigError(f"no trained branch has {new}'s {k_new} classes (heads: {heads})")
+    scores = score_branches(model, batches, task.forward,
+                            cfg.names if args.branch == "auto" else [args.branch])
+    source = pick_branch({b: scores[b] for b in fits}) if args.branch == "auto" else args.branch
+    print(format_scores(scores, source))
+    add_branch(model, new, source)
+    plain = collapse(model, new)
+    used = update_bn_stats(plain, batches(), lambda m, b: task.forward(m, b), args.batches, None, None)
+    msg = f"precise BN on {used} batches"
+    if args.method == "tent":
+        losses = tent(plain, batches, task.forward, steps=args.steps, lr=args.lr, momentum=TENT_MOMENTUM)
+        msg += f", TENT {len(losses)} steps (entropy {losses[0]:.4f} -> {losses[-1]:.4f})"
+    copy_into_branch(model, plain, new)
+    num_classes = dict(heads)
+    head_k = num_classes.get(source)
+    if head_k is not None:
+        num_classes[new] = head_k
+    adapted = dict(ck.get("adapted") or {})
+    adapted[new] = {"from": source, "method": args.method, "batches": used,
+                    "steps": args.steps if args.method == "tent" else 0,
+                    "scores": scores}
+    ck.update(model={k: v.cpu() for k, v in model.state_dict().items()}, num_classes=num_classes,
+              adapted=adapted)
+    for k in ("optimizer", "scheduler", "scaler"):  # not a training state any more
+        ck.pop(k, None)
+    save_checkpoint(ck, args.out)
+    print(f"branch {new!r} = branch {source!r} adapted on {new} ({msg}) -> {args.out}")
+    return 0

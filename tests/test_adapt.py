@@ -1,0 +1,179 @@
+"""``cdcl adapt``: branch choice, precise BN / TENT into a new branch, and the
+LiDAR corruptions of ``cdcl synth lidar --corrupt``."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from common.checkpoint import load_checkpoint
+from common.config import build_config
+from common.trainer import train
+
+
+def unseen_cfg(tmp_path, new_style=1.2, **data):
+    """Toy a (style 0) and b (style 1.0) trained; c unseen, served by a."""
+    d = {"task": "toy", "model": {"name": "toynet", "width": 8},
+         "data": {"a": {"type": "toy", "batch_size": 2, "size": 6, "height": 16, "width": 16},
+                  "b": {"type": "toy", "batch_size": 2, "size": 6, "height": 16, "width": 16, "style": 1.0},
+                  "c": dict({"type": "toy", "batch_size": 2, "size": 6, "height": 16, "width": 16,
+                             "style": new_style, "branch": "a"}, **data)},
+         "strategy": {"name": "cdcl"},
+         "train": {"iterations": 8, "lr": 0.05, "checkpoint_every": 8, "eval_every": 0, "progress": False,
+                   "log_every": 4}}
+    return build_config(d, source=str(tmp_path / "toy.yaml"))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("adapt")
+    cfg = unseen_cfg(tmp)
+    train(cfg, str(tmp / "run"))
+    # eight steps leave running statistics near their start: set each branch's
+    # to its own dataset's (precise BN), so each branch's statistics describe its style
+    from common.adapt import copy_into_branch
+    from common.build import build_dataset
+    from common.checkpoint import save_checkpoint
+    from common.dataset_specific import collapse
+    from common.evaluation import load_model_for_eval
+    from common.precise_bn import update_bn_stats
+
+    ckpt = str(tmp / "run" / "checkpoints" / "latest.pth")
+    model = load_model_for_eval(cfg, ckpt, torch.device("cpu"))
+    for name in ("a", "b"):
+        ds = build_dataset(cfg, name, "train", False)
+        x = torch.stack([ds[i]["inputs"] for i in range(len(ds))])
+        plain = collapse(model, name)
+        update_bn_stats(plain, [x], lambda m, b: m(b))
+        copy_into_branch(model, plain, name)
+    ck = load_checkpoint(ckpt)
+    ck["model"] = model.state_dict()
+    save_checkpoint(ck, str(tmp / "set.pth"))
+    return tmp, str(tmp / "run" / "config.yaml"), str(tmp / "set.pth")
+
+
+def _adapt(config, ckpt, out, *extra):
+    from common.cli import main
+    return main(["adapt", config, "--checkpoint", ckpt, "--dataset", "c", "--out", str(out), "--batches", "3",
+                 *extra])
+
+
+def test_auto_picks_the_branch_whose_training_style_is_closest(trained, capsys):
+    from common.adapt import pick_branch, score_branches
+    from common.build import build_dataset
+    from common.evaluation import load_model_for_eval
+
+    tmp, config, ckpt = trained
+    cfg = unseen_cfg(tmp)
+    model = load_model_for_eval(cfg, ckpt, torch.device("cpu"))
+    for style, want in ((0.1, "a"), (1.1, "b")):
+        cfg.data["c"].params.update(style=style)
+        ds = build_dataset(cfg, "c", "train", False)
+        x = torch.stack([ds[i]["inputs"] for i in range(len(ds))])
+        scores = score_branches(model, lambda: [{"inputs": x}], lambda m, b: m(b["inputs"]))
+        assert pick_branch(scores) == want, scores
+        assert all(s["entropy"] >= 0 and s["bn_distance"] >= 0 for s in scores.values())
+    # through the command: the table of both measures, the choice
+    capsys.readouterr()
+    assert _adapt(config, ckpt, tmp / "auto.pth") == 0  # c has style 1.2 in the config: b
+    out = capsys.readouterr().out
+    assert "BN distance" in out and "entropy" in out and "branch 'c' = branch 'b'" in out
+    assert load_checkpoint(str(tmp / "auto.pth"))["adapted"]["c"]["from"] == "b"
+
+
+def test_adapted_checkpoint_has_the_new_branch_and_sources_bit_identical(trained):
+    from common.adapt import add_branch
+    from common.dataset_specific import collapse, dataset_names, route
+    from common.evaluation import load_model_for_eval
+
+    tmp, config, ckpt = trained
+    out = tmp / "pbn.pth"
+    assert _adapt(config, ckpt, out, "--branch", "a") == 0
+    before, after = load_checkpoint(ckpt), load_checkpoint(str(out))
+    for k, v in before["model"].items():
+        assert torch.equal(v, after["model"][k]), k  # every source entry, bit for bit
+    new_keys = set(after["model"]) - set(before["model"])
+    assert new_keys and all(".branches.c." in k for k in new_keys)
+    assert any(k.startswith("cls.branches.c.") for k in new_keys)  # a head for c
+    assert after["num_classes"]["c"] == before["num_classes"]["a"]
+    # the new statistics differ from a's (precise BN on c), the affine ones are a's
+    assert not torch.equal(after["model"]["bn1.branches.c.running_mean"], before["model"]["bn1.branches.a.running_mean"])
+    assert torch.equal(after["model"]["bn1.branches.c.weight"], before["model"]["bn1.branches.a.weight"])
+    # loads with the config that declares c unseen: c now routes to its own branch
+    cfg = unseen_cfg(tmp)
+    model = load_model_for_eval(cfg, str(out), torch.device("cpu"))
+    assert dataset_names(model) == ["a", "b", "c"]
+    x = torch.randn(2, 3, 16, 16) * 2 + 1
+    with torch.no_grad(), route(model, "c"):
+        y = model(x)
+    assert torch.allclose(y, collapse(model, "c")(x))
+    # ... and with a config where c is a trained dataset
+    d = cfg.to_dict()
+    del d["data"]["c"]["branch"]
+    d["data"]["c"]["num_classes"] = 4
+    cfg2 = build_config(d, source="toy2")
+    model2 = load_model_for_eval(cfg2, str(out), torch.device("cpu"))
+    assert all(torch.equal(v, model2.state_dict()[k]) for k, v in model.state_dict().items())
+    with pytest.raises(KeyError):
+        add_branch(model, "c", "a")
+
+
+def test_eval_and_export_of_the_new_branch_through_the_cli(trained):
+    from common.cli import main
+
+    tmp, config, ckpt = trained
+    out = tmp / "cli.pth"
+    assert _adapt(config, ckpt, out, "--branch", "a") == 0
+    res = tmp / "res.json"
+    assert main(["eval", config, "--checkpoint", str(out), "--dataset", "c", "--out", str(res)]) == 0
+    data = json.loads(res.read_text())
+    assert "c" in json.dumps(data)
+    pytest.importorskip("onnx")
+    onnx_out = tmp / "c.onnx"
+    assert main(["export", str(out), "--dataset", "c", "--out", str(onnx_out)]) == 0
+    assert onnx_out.stat().st_size > 0
+
+
+def test_tent_lowers_entropy_and_changes_only_bn_affine_parameters(trained):
+    from common.adapt import tent
+    from common.build import build_dataset
+    from common.dataset_specific import collapse
+    from common.evaluation import load_model_for_eval
+
+    tmp, config, ckpt = trained
+    cfg = unseen_cfg(tmp)
+    model = load_model_for_eval(cfg, ckpt, torch.device("cpu"))
+    plain = collapse(model, "a")
+    ds = build_dataset(cfg, "c", "train", False)
+    x = torch.stack([ds[i]["inputs"] for i in range(len(ds))])
+    start = {k: v.clone() for k, v in plain.state_dict().items()}
+    losses = tent(plain, lambda: [{"inputs": x}], lambda m, b: m(b["inputs"]), steps=30, lr=0.05)
+    assert len(losses) == 30 and losses[-1] < losses[0]
+    changed = {k for k, v in plain.state_dict().items() if not torch.equal(v, start[k])}
+    assert changed and all(k.split(".")[0].startswith("bn") and k.endswith(("weight", "bias")) for k in changed)
+    # through the command
+    out = tmp / "tent.pth"
+    assert _adapt(config, ckpt, out, "--branch", "a", "--method", "tent", "--steps", "5") == 0
+    ck = load_checkpoint(str(out))
+    assert ck["adapted"]["c"]["method"] == "tent"
+    assert not torch.equal(ck["model"]["bn1.branches.c.weight"], ck["model"]["bn1.branches.a.weight"])
+    assert torch.equal(ck["model"]["conv1.weight"], load_checkpoint(ckpt)["model"]["conv1.weight"])
+
+
+def test_bad_input_is_a_clear_error(trained, capsys):
+    from common.cli import main
+
+    tmp, config, ckpt = trained
+    capsys.readouterr()
+    assert main(["adapt", config, "--checkpoint", ckpt, "--dataset", "a", "--out", str(tmp / "x.pth")]) != 0
+    assert "is trained" in capsys.readouterr().err
+    assert _adapt(config, ckpt, tmp / "x.pth", "--branch", "zzz") != 0
+    assert "--branch 'zzz'" in capsys.readouterr().err
+    assert _adapt(config, ckpt, tmp / "once.pth", "--branch", "a") == 0
+    capsys.readouterr()
+    assert _adapt(config, str(tmp / "once.pth"), tmp / "x.pth") != 0
+    assert "already has a branch 'c'" in capsys.readouterr().err
+    assert _adapt(config, ckpt, tmp / "x.pth", "data.c.size=0") != 0
+    assert "no scans" in capsys.readouterr().err
+    assert not (tmp / "x.pth").exists()
