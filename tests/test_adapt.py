@@ -177,3 +177,99 @@ def test_bad_input_is_a_clear_error(trained, capsys):
     assert _adapt(config, ckpt, tmp / "x.pth", "data.c.size=0") != 0
     assert "no scans" in capsys.readouterr().err
     assert not (tmp / "x.pth").exists()
+
+
+# -- LiDAR corruptions (cdcl synth lidar --corrupt) -------------------------------------
+
+@pytest.fixture(scope="module")
+def kitti(tmp_path_factory):
+    from cdcl3d.synth import generate_lidar
+
+    root = tmp_path_factory.mktemp("corrupt")
+    generate_lidar(str(root), seed=0, scans=8, points_scale=0.2, datasets=("semantickitti",))
+    return root
+
+
+def _scans(root):
+    import glob
+    import numpy as np
+
+    out = []
+    for path in sorted(glob.glob(str(root / "sequences" / "08" / "velodyne" / "*.bin"))):
+        pts = np.fromfile(path, np.float32).reshape(-1, 4)
+        lab = np.fromfile(path.replace("velodyne", "labels")[:-4] + ".label", np.uint32)
+        out.append((pts, lab))
+    return out
+
+
+@pytest.mark.parametrize("corruption", ["fog", "snow", "beam-drop", "crosstalk", "motion-blur"])
+def test_corruption_keeps_the_layout_and_readers_and_grows_with_severity(kitti, corruption):
+    import filecmp
+
+    import numpy as np
+
+    from cdcl3d.datasets.semantickitti import SemanticKITTI
+    from cdcl3d.synth.corrupt import corrupt_semantickitti
+    from common.errors import DataError
+
+    src = kitti / "semantickitti"
+    clean = _scans(src)
+    measures = []
+    for severity in (1, 3, 5):
+        out = kitti / f"{corruption}_{severity}"
+        corrupt_semantickitti(str(src), str(out), corruption, severity, seed=0)
+        scans = _scans(out)
+        assert len(scans) == len(clean)
+        for pts, lab in scans:
+            assert pts.dtype == np.float32 and len(pts) == len(lab) and np.isfinite(pts).all()
+        ds = SemanticKITTI(str(out), split="valid")  # the real reader, the official split list
+        assert len(ds) == len(clean)
+        with pytest.raises(DataError, match="no scans"):  # only the validation split is corrupted
+            SemanticKITTI(str(out), split="train")
+        item = ds[0]
+        assert len(item["points"]) == len(item["labels"]) == len(scans[0][0])
+        n = sum(len(p) for p, _ in scans)
+        n0 = sum(len(p) for p, _ in clean)
+        zero = sum(int((l == 0).sum()) for _, l in scans)
+        moved = sum(float(np.abs(p[:, :3] - c[:, :3]).mean()) for (p, _), (c, _) in zip(scans, clean)
+                    if len(p) == len(c))
+        if corruption in ("fog", "beam-drop"):
+            measures.append(n0 - n)           # points lost
+        elif corruption in ("snow", "crosstalk"):
+            measures.append(zero)             # points with label 0 (added, moved)
+        else:
+            assert n == n0
+            measures.append(moved)            # displacement
+    assert measures[0] > 0 and measures[0] < measures[1] < measures[2], measures
+    # deterministic for a seed
+    again = kitti / f"{corruption}_again"
+    corrupt_semantickitti(str(src), str(again), corruption, 5, seed=0)
+    for a, b in zip(_scans(again), _scans(kitti / f"{corruption}_5")):
+        assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+
+
+def test_fog_drops_far_points_and_labels_follow(kitti):
+    import numpy as np
+
+    from cdcl3d.synth.corrupt import corrupt_scan
+
+    (pts, lab), = _scans(kitti / "semantickitti")[:1]
+    r = np.linalg.norm(pts[:, :3], axis=1)
+    out, olab = corrupt_scan(pts, lab, "fog", 5, np.random.default_rng(0))
+    ro = np.linalg.norm(out[:, :3], axis=1)
+    assert (ro > 40).sum() < 0.5 * (r > 40).sum()
+    # a kept, unmoved point keeps its label
+    same = {tuple(p): l for p, l in zip(pts[:, :3].tolist(), lab.tolist())}
+    kept = [(tuple(p), l) for p, l in zip(out[:, :3].tolist(), olab.tolist()) if tuple(p) in same]
+    assert kept and all(same[p] == l for p, l in kept)
+
+
+def test_synth_lidar_corrupt_command(kitti, capsys):
+    from common.cli import main
+
+    assert main(["synth", "lidar", "--out", str(kitti), "--corrupt", "beam-drop", "snow", "--severity", "2"]) == 0
+    assert (kitti / "semantickitti_beam_drop_2" / "sequences" / "08" / "labels").is_dir()
+    assert (kitti / "semantickitti_snow_2" / "sequences" / "08" / "velodyne").is_dir()
+    capsys.readouterr()
+    assert main(["synth", "lidar", "--out", str(kitti), "--corrupt", "fog", "--severity", "9"]) != 0
+    assert "1..5" in capsys.readouterr().err

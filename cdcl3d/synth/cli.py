@@ -30,6 +30,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(default: one per scene)")
     parser.add_argument("--only", choices=["semantickitti", "nuscenes", "semanticposs"], default=None,
                         help="write one dataset only")
+    parser.add_argument("--corrupt", nargs="+", metavar="CORRUPTION",
+                        choices=["fog", "snow", "beam-drop", "crosstalk", "motion-blur"],
+                        help="instead of generating: write corrupted copies of <out>/semantickitti's "
+                             "validation sequence 08 (after SemanticKITTI-C: fog, snow, beam-drop, "
+                             "crosstalk, motion-blur) to <out>/semantickitti_<corruption>_<severity>, in "
+                             "SemanticKITTI's layout; SemanticKITTI is generated first when missing")
+    parser.add_argument("--severity", nargs="+", type=int, default=[3], metavar="1..5",
+                        help="severities of --corrupt, 1 (mild) to 5 (severe) (default: 3)")
     parser.add_argument("--stats", action="store_true",
                         help="print the class histograms (generated vs. real SemanticKITTI) and "
                              "their total variation distance after writing (or of an existing "
@@ -49,6 +57,8 @@ def run(args: argparse.Namespace) -> int:
     """Execute ``cdcl synth lidar``; returns the exit code."""
     from .lidar import DATASETS, class_histogram, format_histogram, generate_lidar
 
+    if getattr(args, "corrupt", None):
+        return run_corrupt(args)
     datasets = (args.only,) if args.only else DATASETS
     if args.scans > 0:
         start = time.perf_counter()
@@ -68,4 +78,32 @@ def run(args: argparse.Namespace) -> int:
         raise OptionError(f"--scans must be >= 1 (or 0 with --stats), got {args.scans}")
     if args.stats:
         print(format_histogram(class_histogram(args.out)))
+    return 0
+
+
+def run_corrupt(args: argparse.Namespace) -> int:
+    """``cdcl synth lidar --corrupt C.. --severity S..``: one corrupted copy per pair."""
+    import glob
+    import os
+
+    from common.errors import OptionError
+
+    from .corrupt import corrupt_semantickitti
+    from .lidar import generate_lidar
+
+    bad = [s for s in args.severity if not 1 <= s <= 5]
+    if bad:
+        raise OptionError(f"--severity must be 1..5, got {bad}")
+    src = os.path.join(args.out, "semantickitti")
+    if not glob.glob(os.path.join(src, "sequences", "08", "velodyne", "*.bin")):
+        if args.scans < 1:
+            raise OptionError(f"{src} holds no validation scans to corrupt and --scans is {args.scans}")
+        res = generate_lidar(args.out, seed=args.seed, scans=args.scans, points_scale=points_to_scale(args.points),
+                             datasets=("semantickitti",))
+        print(f"semantickitti: {res['semantickitti']['scans']} scans -> {src}")
+    for corruption in args.corrupt:
+        for severity in args.severity:
+            out = os.path.join(args.out, f"semantickitti_{corruption.replace('-', '_')}_{severity}")
+            res = corrupt_semantickitti(src, out, corruption, severity, seed=args.seed)
+            print(f"{corruption} severity {severity}: {res['scans']} scans of sequence 08 -> {out}")
     return 0
