@@ -548,9 +548,10 @@ def run_study(study: Study, out: str, jobs: int = 1, command: str = "") -> Dict[
 
     os.makedirs(out, exist_ok=True)
     runs, meta = plan(study, out, jobs)
+    meta_path = os.path.join(out, "study.json")
     meta["command"] = command
-    with open(os.path.join(out, "study.json"), "w", encoding="utf-8") as f:
-        json.dump(meta, f, indent=2)
+    meta["timing"] = _previous_timing(meta_path)  # kept when this invocation trains nothing
+    _write_json(meta_path, meta)
     n_todo = sum(r.state != "done" for r in runs)
     _say(f"{len(runs)} runs ({len(study.methods)} methods x {len(study.seeds)} seeds), {n_todo} to train, "
          f"{jobs} at a time, into {out}")
@@ -558,13 +559,30 @@ def run_study(study: Study, out: str, jobs: int = 1, command: str = "") -> Dict[
     failed = execute(runs, jobs)
     wall = time.time() - t0
     _say(f"training took {wall:.0f} s")
-    report = build_report(out, wall_s=wall if n_todo else None)
+    if n_todo:
+        meta["timing"] = {"wall_s": round(wall, 1), "runs": n_todo, "jobs": jobs, "cores": _cores()}
+        _write_json(meta_path, meta)
+    report = build_report(out)
     if failed:
         raise UserError(f"{len(failed)} run(s) failed: " + ", ".join(f"{r.tag} (log {r.log_path})" for r in failed))
     return report
 
 
 # -- the report ------------------------------------------------------------------------
+
+def _previous_timing(meta_path: str) -> Optional[Dict[str, Any]]:
+    try:
+        with open(meta_path, encoding="utf-8") as f:
+            return json.load(f).get("timing")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _write_json(path: str, data: Any) -> None:
+    from .utils import atomic_write_bytes
+
+    atomic_write_bytes(path, json.dumps(data, indent=2).encode("utf-8"))
+
 
 def _load_results(out: str, meta: Dict[str, Any]) -> Tuple[Dict[str, Dict[int, Any]], List[str], Dict[str, Any]]:
     results: Dict[str, Dict[int, Any]] = {}
@@ -674,8 +692,7 @@ def _row_method(meta: Dict[str, Any], label: str, d: str) -> Optional[str]:
     return None
 
 
-def format_report(meta: Dict[str, Any], an: Dict[str, Any], missing: List[str], iters: Dict[str, Any],
-                  wall_s: Optional[float] = None) -> str:
+def format_report(meta: Dict[str, Any], an: Dict[str, Any], missing: List[str], iters: Dict[str, Any]) -> str:
     seeds = meta["seeds"]
     L = [f"# {meta['title']}", ""]
     L.append(f"Study `{_shown_path(meta['source'])}`, seeds {seeds}"
@@ -683,8 +700,10 @@ def format_report(meta: Dict[str, Any], an: Dict[str, Any], missing: List[str], 
              + (f", overrides `{' '.join(meta['overrides'])}`" if meta["overrides"] else "") + ".")
     if meta.get("command"):
         L += ["", f"    {meta['command']}"]
-    if wall_s is not None:
-        L += ["", f"Training wall time of the last invocation: {wall_s / 60:.1f} min."]
+    timing = meta.get("timing")
+    if timing:
+        L += ["", f"Wall time of the last invocation that trained: {timing['wall_s'] / 60:.1f} min for "
+                  f"{timing['runs']} runs, {timing['jobs']} at a time on {timing['cores']} cores."]
     if meta.get("notes"):
         L += ["", meta["notes"].strip()]
     L += ["", "mIoU in %; ± is the half-width of the 95% confidence interval of the mean over seeds "
@@ -848,7 +867,7 @@ def plot_figures(meta: Dict[str, Any], an: Dict[str, Any], out: str) -> List[str
     return written
 
 
-def build_report(out: str, wall_s: Optional[float] = None) -> Dict[str, Any]:
+def build_report(out: str) -> Dict[str, Any]:
     """``report.md``, ``report.json`` and the figures from the finished runs in
     ``out`` (the study as resolved by the last ``cdcl study`` into it)."""
     from .errors import PathError
@@ -865,7 +884,7 @@ def build_report(out: str, wall_s: Optional[float] = None) -> Dict[str, Any]:
     with open(os.path.join(out, "report.json"), "w", encoding="utf-8") as f:
         json.dump(report, f, indent=2, allow_nan=False)
     figures = plot_figures(meta, an, out)
-    text = format_report(meta, an, missing, iters, wall_s)
+    text = format_report(meta, an, missing, iters)
     with open(os.path.join(out, "report.md"), "w", encoding="utf-8") as f:
         f.write(text)
     _say(f"wrote {os.path.join(out, 'report.md')}, report.json" + "".join(f", {os.path.basename(p)}" for p in figures))
