@@ -46,17 +46,72 @@ TENT_MOMENTUM = 0.9
 _BN = nn.modules.batchnorm._BatchNorm
 
 
-def add_branch(model: nn.Module, new: str, source: str) -> nn.Module:
+class MappedHead(nn.Module):
+    """A source classifier read in another label space: the logit of target
+    class ``j`` is the log-sum-exp of the source logits of the classes
+    ``table`` maps to ``j`` (its probability is theirs summed). A target class
+    no source class reaches gets a very low logit (never predicted); source
+    classes outside the table are dropped."""
+
+    UNREACHED = -1e4
+
+    def __init__(self, head: nn.Module, table: Dict[int, int], num_classes: int) -> None:
+        super().__init__()
+        self.head = head
+        self.num_classes = int(num_classes)
+        self.table = {int(k): int(v) for k, v in table.items()}
+        self.groups = [sorted(i for i, t in self.table.items() if t == j) for j in range(self.num_classes)]
+
+    def extra_repr(self) -> str:
+        return f"num_classes={self.num_classes}, table={self.table}"
+
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        src = self.head(x, *args, **kwargs)  # (B, K_source, ...)
+        cols = [torch.logsumexp(src[:, g], dim=1) if g else torch.full_like(src[:, 0], self.UNREACHED)
+                for g in self.groups]
+        return torch.stack(cols, dim=1)  # (B, K, ...)
+
+
+def reachable_classes(model: nn.Module, name: str) -> Optional[List[int]]:
+    """The classes of ``name`` its head can predict when the head maps another
+    label space (:class:`MappedHead`); None: every class."""
+    for _, m in dataset_specific_modules(model):
+        b = m.branches[name] if name in m.branches else None  # an alias serves its branch's classes
+        if isinstance(b, MappedHead):
+            return [j for j, g in enumerate(b.groups) if g]
+    return None
+
+
+def check_label_map(table: Dict[int, int], source: str, source_classes: int, new: str,
+                    new_classes: int) -> None:
+    """Every id of ``table`` is a class of its side; raise ``ConfigError`` naming the others."""
+    from .config import ConfigError
+
+    bad_src = sorted(k for k in table if not 0 <= int(k) < source_classes)
+    bad_new = sorted(v for v in table.values() if not 0 <= int(v) < new_classes)
+    if bad_src or bad_new:
+        parts = ([f"{source} has no class id(s) {bad_src} (0..{source_classes - 1})"] if bad_src else []) + \
+                ([f"{new} has no class id(s) {bad_new} (0..{new_classes - 1})"] if bad_new else [])
+        raise ConfigError(f"'data.{new}.label_map_from.{source}': unknown classes: {'; '.join(parts)}")
+
+
+def add_branch(model: nn.Module, new: str, source: str, label_map: Optional[Dict[int, int]] = None,
+               num_classes: Optional[int] = None) -> nn.Module:
     """Give ``model`` a branch ``new`` in every dataset-specific wrapper (norms
-    and heads): a deep copy of branch ``source``. ``new`` then routes to its own
-    branch (an alias of that name is dropped). Returns the model (changed in place)."""
+    and heads): a deep copy of branch ``source``; with ``label_map`` (source id
+    -> id of ``new``, ``num_classes`` of ``new``) each head is wrapped in a
+    :class:`MappedHead`. ``new`` then routes to its own branch (an alias of
+    that name is dropped). Returns the model (changed in place)."""
     names = dataset_names(model)
     if source not in names:
         raise KeyError(f"unknown branch {source!r}; this model knows {names}")
     if new in names:
         raise KeyError(f"the model already has a branch {new!r}")
     for _, m in dataset_specific_modules(model):
-        m.branches[new] = copy.deepcopy(m.branches[source])
+        branch = copy.deepcopy(m.branches[source])
+        if label_map is not None and m.split_output:  # a classifier head
+            branch = MappedHead(branch, label_map, int(num_classes))
+        m.branches[new] = branch
         m.aliases = {a: b for a, b in m.aliases.items() if a != new}
     return model
 
@@ -258,20 +313,26 @@ def adapt_from_args(args) -> int:
 
     # NEW's predictions are read in the source head's classes: only a head
     # with NEW's class count can serve it
+    # ... or one that data.NEW.label_map_from maps onto NEW's classes
     ck = load_checkpoint(args.checkpoint)
     heads = dict(ck.get("num_classes") or {})
     k_new = num_classes_of(ds)
-    fits = [b for b in cfg.names if int(heads.get(b, k_new)) == k_new]
+    maps = entry.label_map_from or {}
+    for b, table in maps.items():
+        check_label_map(table, b, int(heads.get(b, k_new)), new, k_new)
+    fits = [b for b in cfg.names if b in maps or int(heads.get(b, k_new)) == k_new]
     if args.branch != "auto" and args.branch not in fits:
         raise ConfigError(f"--branch {args.branch!r}: its head has {heads.get(args.branch)} classes, "
-                          f"{new} has {k_new}")
+                          f"{new} has {k_new} (map them with 'data.{new}.label_map_from.{args.branch}')")
     if not fits:
-        raise ConfigError(f"no trained branch has {new}'s {k_new} classes (heads: {heads})")
+        raise ConfigError(f"no trained branch has {new}'s {k_new} classes (heads: {heads}); map one "
+                          f"with 'data.{new}.label_map_from'")
     scores = score_branches(model, batches, task.forward,
                             cfg.names if args.branch == "auto" else [args.branch])
     source = pick_branch({b: scores[b] for b in fits}) if args.branch == "auto" else args.branch
     print(format_scores(scores, source))
-    add_branch(model, new, source)
+    table = maps.get(source)
+    add_branch(model, new, source, table, k_new)
     plain = collapse(model, new)
     used = update_bn_stats(plain, batches(), lambda m, b: task.forward(m, b), args.batches, None, None)
     msg = f"precise BN on {used} batches"
@@ -282,9 +343,11 @@ def adapt_from_args(args) -> int:
     num_classes = dict(heads)
     head_k = num_classes.get(source)
     if head_k is not None:
-        num_classes[new] = head_k
+        num_classes[new] = k_new if table is not None else head_k
     adapted = dict(ck.get("adapted") or {})
     adapted[new] = {"from": source, "method": args.method, "batches": used,
+                    "label_map": None if table is None else {int(k): int(v) for k, v in table.items()},
+                    "classes": k_new,
                     "steps": args.steps if args.method == "tent" else 0,
                     "scores": scores}
     ck.update(model={k: v.cpu() for k, v in model.state_dict().items()}, num_classes=num_classes,

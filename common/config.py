@@ -55,6 +55,9 @@ class DataConfig:
     num_classes: Optional[int] = None  # known class count (`cdcl info` without data; checked by readers)
     # an unseen dataset: not trained, evaluated (and precise-BN'd) through this trained dataset's branch
     branch: Optional[str] = None
+    # an unseen dataset of other classes: {trained dataset: {its class id: this dataset's id}}
+    # (cdcl adapt builds this dataset's head from it; common/adapt.py)
+    label_map_from: Optional[Dict[str, Dict[int, int]]] = None
     eval: Dict[str, Any] = field(default_factory=dict)  # this dataset's overrides of eval.options
     params: Dict[str, Any] = field(default_factory=dict)
 
@@ -434,6 +437,25 @@ def _check_limits(cfg: Config) -> None:
                 raise ConfigError(f"{cfg.source}: '{where}' must be {want}, got {v!r}")
 
 
+def _check_label_map_from(cfg: "Config", name: str, maps: Any) -> None:
+    """``data.<name>.label_map_from``: on an unseen dataset, ``{trained dataset:
+    {int: int}}`` (class ids are checked against the heads by ``cdcl adapt``)."""
+    key = f"{cfg.source}: 'data.{name}.label_map_from'"
+    if cfg.data[name].branch is None:
+        raise ConfigError(f"{key}: only an unseen dataset (one with 'data.{name}.branch') maps a trained "
+                          "branch's classes onto its own")
+    if not isinstance(maps, dict) or not maps:
+        raise ConfigError(f"{key} must map trained datasets to tables {{their id: id of {name}}}, got {maps!r}")
+    for source, table in maps.items():
+        if source not in cfg.names:
+            raise ConfigError(f"{key}: {source!r} is no trained dataset; trained: {cfg.names}")
+        if not isinstance(table, dict) or not table or not all(
+                isinstance(k, int) and isinstance(v, int) and not isinstance(k, bool) and not isinstance(v, bool)
+                for k, v in table.items()):
+            raise ConfigError(f"{key}.{source} must map class ids of {source} to class ids of {name} "
+                              f"(integers), got {table!r}")
+
+
 def validate(cfg: Config) -> None:
     """Cross-field checks that name the offending key."""
     from .build import check_strategy
@@ -453,6 +475,8 @@ def validate(cfg: Config) -> None:
     for name, dc in cfg.data.items():
         if dc.branch is not None and dc.branch not in cfg.names:
             raise ConfigError(f"{src}: 'data.{name}.branch' is {dc.branch!r}; trained datasets: {cfg.names}")
+        if dc.label_map_from is not None:
+            _check_label_map_from(cfg, name, dc.label_map_from)
     if not cfg.names:
         raise ConfigError(f"{src}: every dataset under 'data' has a 'branch': nothing to train")
     check_strategy(cfg)  # the strategy table's rules: dataset count, its own keys

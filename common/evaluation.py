@@ -83,6 +83,9 @@ def evaluate_model(cfg: Config, model: nn.Module, device: torch.device,
         mode = task.miou_mode(name, cfg.data[name].as_dict())
         reference = task.miou_reference(name, cfg.data[name].as_dict()) or cfg.data[name].type
         scored = getattr(ds, "scored_classes", None)  # a remapped dataset's reachable classes
+        if scored is None:  # ... or those a head mapped by data.<name>.label_map_from reaches
+            from .adapt import reachable_classes
+            scored = reachable_classes(model, name)
         variants = {k: cm.summary(mode, scored) for k, cm in cms.items()}
         headline = next(iter(variants))
         res = dict(variants[headline])
@@ -160,7 +163,7 @@ def load_model_for_eval(cfg: Config, checkpoint: str, device: torch.device,
     num_classes = state.get("num_classes")
     # branches added by `cdcl adapt` (common.adapt): built as copies of their
     # source branch, then loaded; the config may still declare them unseen
-    adapted = {n: a["from"] for n, a in (state.get("adapted") or {}).items() if n not in cfg.names}
+    adapted = {n: a for n, a in (state.get("adapted") or {}).items() if n not in cfg.names}
     if num_classes is None:
         num_classes = {n: num_classes_of(build_dataset(cfg, n, cfg.data[n].val_split, False, task))
                        for n in cfg.names}
@@ -170,8 +173,8 @@ def load_model_for_eval(cfg: Config, checkpoint: str, device: torch.device,
     model = build_model(cfg, dict(num_classes), task)
     if adapted:
         from .adapt import add_branch
-        for n, source in adapted.items():
-            add_branch(model, n, source)
+        for n, a in adapted.items():
+            add_branch(model, n, a["from"], a.get("label_map"), a.get("classes"))
     check_state_dict(model, state["model"], checkpoint, hint=_config_differences(cfg, state))
     model.load_state_dict(state["model"])
     return model.to(device).eval()

@@ -273,3 +273,34 @@ def test_synth_lidar_corrupt_command(kitti, capsys):
     capsys.readouterr()
     assert main(["synth", "lidar", "--out", str(kitti), "--corrupt", "fog", "--severity", "9"]) != 0
     assert "1..5" in capsys.readouterr().err
+
+
+def test_label_map_from_scores_only_the_reachable_classes(trained, capsys):
+    from common.adapt import MappedHead
+    from common.cli import main
+
+    tmp, config, ckpt = trained
+    # c has 3 classes: a's 0 -> 0, a's 1 and 2 -> 1; c's class 2 is reached by none
+    maps = "data.c.label_map_from={a: {0: 0, 1: 1, 2: 1}}"
+    assert _adapt(config, ckpt, tmp / "mapped.pth", "data.c.num_classes=3", maps) == 0
+    ck = load_checkpoint(str(tmp / "mapped.pth"))
+    assert ck["adapted"]["c"]["from"] == "a" and ck["num_classes"]["c"] == 3  # b (4 classes) cannot serve c
+    res = tmp / "mapped.json"
+    capsys.readouterr()
+    assert main(["eval", config, "data.c.num_classes=3", maps, "--checkpoint", str(tmp / "mapped.pth"),
+                 "--dataset", "c", "--out", str(res)]) == 0
+    out = capsys.readouterr().out
+    assert "the 2 of 3 classes the label map reaches" in out and "(not scored)" in out
+    data = json.loads(res.read_text())
+    assert json.dumps(data).count("class2") >= 1
+    # the mapped head: probabilities of the mapped source classes summed
+    head = MappedHead(torch.nn.Identity(), {0: 0, 1: 1, 2: 1}, 3)
+    logits = torch.log(torch.tensor([[0.1, 0.2, 0.3, 0.4]]))
+    p = torch.softmax(head(logits), 1)
+    assert torch.allclose(p, torch.tensor([[0.1 / 0.6, 0.5 / 0.6, 0.0]]), atol=1e-4)
+    # unknown classes: a clear error before any work
+    assert _adapt(config, ckpt, tmp / "bad.pth", "data.c.num_classes=3", "data.c.label_map_from={a: {7: 0, 0: 5}}") != 0
+    err = capsys.readouterr().err
+    assert "unknown classes" in err and "[7]" in err and "[5]" in err and not (tmp / "bad.pth").exists()
+    assert _adapt(config, ckpt, tmp / "bad.pth", "data.c.label_map_from={zz: {0: 0}}") != 0
+    assert "no trained dataset" in capsys.readouterr().err
