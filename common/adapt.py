@@ -72,6 +72,38 @@ class MappedHead(nn.Module):
         return torch.stack(cols, dim=1)  # (B, K, ...)
 
 
+class MappedOutput(nn.Module):
+    """``model`` with its logits read through a label map (as :class:`MappedHead`
+    reads a head's): an unseen dataset of other classes evaluated through a
+    trained branch before ``cdcl adapt`` gave it a head of its own."""
+
+    def __init__(self, model: nn.Module, table: Dict[int, int], num_classes: int) -> None:
+        super().__init__()
+        self.model = model
+        self.map = MappedHead(nn.Identity(), table, num_classes)
+
+    def forward(self, *args: Any, **kwargs: Any):
+        out = self.model(*args, **kwargs)
+        if isinstance(out, dict):
+            return {k: (self.map(v) if k == "out" else v) for k, v in out.items()}
+        return self.map(out)
+
+
+def mapped_for_eval(model: nn.Module, name: str, label_map_from: Optional[Dict[str, Dict[int, int]]],
+                    num_classes: int) -> Tuple[nn.Module, Optional[List[int]]]:
+    """The model that scores dataset ``name`` and the classes it can reach
+    (None: all): ``model`` itself unless ``name`` is served through another
+    branch whose classes ``label_map_from`` maps onto its own."""
+    from .dataset_specific import branch_name
+
+    reach = reachable_classes(model, name)
+    served = branch_name(model, name)
+    if reach is not None or not label_map_from or served == name or served not in label_map_from:
+        return model, reach
+    wrapped = MappedOutput(model, label_map_from[served], num_classes)
+    return wrapped, [j for j, g in enumerate(wrapped.map.groups) if g]
+
+
 def reachable_classes(model: nn.Module, name: str) -> Optional[List[int]]:
     """The classes of ``name`` its head can predict when the head maps another
     label space (:class:`MappedHead`); None: every class."""

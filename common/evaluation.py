@@ -73,8 +73,11 @@ def evaluate_model(cfg: Config, model: nn.Module, device: torch.device,
         loader = build_eval_loader(cfg, name, ds, task)
         batches = track(loader, desc=f"eval {name}")  # a bar at a terminal, else a log line every 10 %
         opts = eval_options(cfg, name)
+        # an unseen dataset of other classes (data.<name>.label_map_from): scored through the map
+        from .adapt import mapped_for_eval
+        scoring, reach = mapped_for_eval(model, name, cfg.data[name].label_map_from, len(ds.class_names))
         with route(model, name), bad_sample_action(ds, "drop"):
-            cms: Dict[str, ConfusionMatrix] = task.evaluate(model, batches, name, ds, device, opts)
+            cms: Dict[str, ConfusionMatrix] = task.evaluate(scoring, batches, name, ds, device, opts)
         skipped = [sid for sid, _ in loader.skipped]
         if loader.samples == 0:
             raise DataError(f"{name}: nothing to evaluate: all {len(skipped)} skipped as bad data "
@@ -83,9 +86,8 @@ def evaluate_model(cfg: Config, model: nn.Module, device: torch.device,
         mode = task.miou_mode(name, cfg.data[name].as_dict())
         reference = task.miou_reference(name, cfg.data[name].as_dict()) or cfg.data[name].type
         scored = getattr(ds, "scored_classes", None)  # a remapped dataset's reachable classes
-        if scored is None:  # ... or those a head mapped by data.<name>.label_map_from reaches
-            from .adapt import reachable_classes
-            scored = reachable_classes(model, name)
+        if scored is None:  # ... or those data.<name>.label_map_from reaches
+            scored = reach
         variants = {k: cm.summary(mode, scored) for k, cm in cms.items()}
         headline = next(iter(variants))
         res = dict(variants[headline])

@@ -293,6 +293,10 @@ def test_label_map_from_scores_only_the_reachable_classes(trained, capsys):
     assert "the 2 of 3 classes the label map reaches" in out and "(not scored)" in out
     data = json.loads(res.read_text())
     assert json.dumps(data).count("class2") >= 1
+    # before adapting, c is scored through a's branch and the same map
+    capsys.readouterr()
+    assert main(["eval", config, "data.c.num_classes=3", maps, "--checkpoint", ckpt, "--dataset", "c"]) == 0
+    assert "the 2 of 3 classes the label map reaches" in capsys.readouterr().out
     # the mapped head: probabilities of the mapped source classes summed
     head = MappedHead(torch.nn.Identity(), {0: 0, 1: 1, 2: 1}, 3)
     logits = torch.log(torch.tensor([[0.1, 0.2, 0.3, 0.4]]))
