@@ -308,3 +308,45 @@ def test_label_map_from_scores_only_the_reachable_classes(trained, capsys):
     assert "unknown classes" in err and "[7]" in err and "[5]" in err and not (tmp / "bad.pth").exists()
     assert _adapt(config, ckpt, tmp / "bad.pth", "data.c.label_map_from={zz: {0: 0}}") != 0
     assert "no trained dataset" in capsys.readouterr().err
+
+
+def test_lidar_recipe_train_adapt_eval_on_the_unseen_sensor(tmp_path):
+    """configs/3d/synth_unseen_semanticposs.yaml's recipe on tiny generated
+    data: train, adapt (auto, TENT), eval the new branch through its table."""
+    import yaml
+
+    from cdcl3d.synth import generate_lidar
+    from common.cli import main
+
+    root = tmp_path / "data"
+    generate_lidar(str(root), seed=0, scans=12, points_scale=0.2)
+    shipped = yaml.safe_load(open("configs/3d/synth_unseen_semanticposs.yaml"))["data"]["semanticposs"]
+    sensor = {"height": 16, "width": 64}
+    d = {"task": "3d", "model": {"name": "salsanext", "width": 0.125, "dropout": 0.0},
+         "data": {"semantickitti": {"type": "semantickitti", "root": str(root / "semantickitti"), "batch_size": 2,
+                                    "sensor": dict(sensor, fov_up=3.0, fov_down=-25.0)},
+                  "nuscenes": {"type": "nuscenes", "root": str(root / "nuscenes"), "version": "v1.0-mini",
+                               "batch_size": 2, "sensor": dict(sensor, height=32, use_ring=True)},
+                  "semanticposs": {"type": "semanticposs", "root": str(root / "semanticposs"), "batch_size": 2,
+                                   "sensor": {"preset": "pandora", "width": 64}, "branch": shipped["branch"],
+                                   "label_map_from": shipped["label_map_from"]}},
+         "strategy": {"name": "cdcl"},
+         "train": {"iterations": 2, "lr": 0.01, "progress": False, "checkpoint_every": 100, "log_every": 1,
+                   "threads": 1},
+         "eval": {"max_samples": 2, "options": {"knn": False}}}
+    config = tmp_path / "unseen.yaml"
+    config.write_text(yaml.safe_dump(d))
+    assert main(["train", str(config), "--work-dir", str(tmp_path / "run")]) == 0
+    ckpt = str(tmp_path / "run" / "checkpoints" / "latest.pth")
+    out = tmp_path / "poss.pth"
+    assert main(["adapt", str(config), "--checkpoint", ckpt, "--dataset", "semanticposs", "--method", "tent",
+                 "--steps", "2", "--batches", "2", "--out", str(out)]) == 0
+    ck = load_checkpoint(str(out))
+    assert ck["adapted"]["semanticposs"]["from"] in ("semantickitti", "nuscenes")
+    assert ck["num_classes"]["semanticposs"] == 13
+    before = load_checkpoint(ckpt)["model"]
+    assert all(torch.equal(v, ck["model"][k]) for k, v in before.items())
+    res = tmp_path / "poss.json"
+    assert main(["eval", str(config), "--checkpoint", str(out), "--dataset", "semanticposs", "--out", str(res)]) == 0
+    data = json.loads(res.read_text())
+    assert "semanticposs" in json.dumps(data)
