@@ -320,6 +320,7 @@ def test_lidar_recipe_train_adapt_eval_on_the_unseen_sensor(tmp_path):
 
     root = tmp_path / "data"
     generate_lidar(str(root), seed=0, scans=12, points_scale=0.2)
+    assert main(["synth", "lidar", "--out", str(root), "--corrupt", "fog", "--severity", "3"]) == 0
     shipped = yaml.safe_load(open("configs/3d/synth_unseen_semanticposs.yaml"))["data"]["semanticposs"]
     sensor = {"height": 16, "width": 64}
     d = {"task": "3d", "model": {"name": "salsanext", "width": 0.125, "dropout": 0.0},
@@ -329,7 +330,11 @@ def test_lidar_recipe_train_adapt_eval_on_the_unseen_sensor(tmp_path):
                                "batch_size": 2, "sensor": dict(sensor, height=32, use_ring=True)},
                   "semanticposs": {"type": "semanticposs", "root": str(root / "semanticposs"), "batch_size": 2,
                                    "sensor": {"preset": "pandora", "width": 64}, "branch": shipped["branch"],
-                                   "label_map_from": shipped["label_map_from"]}},
+                                   "label_map_from": shipped["label_map_from"]},
+                  # a corrupted copy of SemanticKITTI's validation split: adapts on the scans it scores
+                  "kitti_fog": {"type": "semantickitti", "root": str(root / "semantickitti_fog_3"), "batch_size": 2,
+                                "sensor": dict(sensor, fov_up=3.0, fov_down=-25.0), "branch": "semantickitti",
+                                "train_split": "valid"}},
          "strategy": {"name": "cdcl"},
          "train": {"iterations": 2, "lr": 0.01, "progress": False, "checkpoint_every": 100, "log_every": 1,
                    "threads": 1},
@@ -350,3 +355,15 @@ def test_lidar_recipe_train_adapt_eval_on_the_unseen_sensor(tmp_path):
     assert main(["eval", str(config), "--checkpoint", str(out), "--dataset", "semanticposs", "--out", str(res)]) == 0
     data = json.loads(res.read_text())
     assert "semanticposs" in json.dumps(data)
+    preds = tmp_path / "preds"
+    assert main(["predict", str(config), "--checkpoint", str(out), "--dataset", "semanticposs", "--split", "val",
+                 "--out", str(preds)]) == 0
+    written = [p for p in preds.rglob("*.label")]
+    assert written
+    import numpy as np
+    raw = np.concatenate([np.fromfile(p, np.uint32) for p in written])
+    assert set(np.unique(raw & 0xFFFF).tolist()) <= {4, 6, 7, 8, 9, 10, 13, 14, 15, 16, 17, 21, 22}  # POSS raw ids
+    fog = tmp_path / "fog.pth"
+    assert main(["adapt", str(config), "--checkpoint", ckpt, "--dataset", "kitti_fog", "--branch", "semantickitti",
+                 "--batches", "2", "--out", str(fog)]) == 0
+    assert main(["eval", str(config), "--checkpoint", str(fog), "--dataset", "kitti_fog"]) == 0
