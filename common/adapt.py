@@ -307,6 +307,7 @@ def adapt_from_args(args) -> int:
     from .evaluation import load_model_for_eval
     from .precise_bn import equal_size_batches, update_bn_stats
     from .utils import check_writable, to_device
+    import yaml
 
     cfg = load_config(args.config, args.overrides)
     new = args.dataset
@@ -366,7 +367,7 @@ def adapt_from_args(args) -> int:
     table = maps.get(source)
     add_branch(model, new, source, table, k_new)
     plain = collapse(model, new)
-    used = update_bn_stats(plain, batches(), lambda m, b: task.forward(m, b), args.batches, None, None)
+    used = update_bn_stats(plain, batches(), task.forward, args.batches)
     msg = f"precise BN on {used} batches"
     if args.method == "tent":
         losses = tent(plain, batches, task.forward, steps=args.steps, lr=args.lr, momentum=TENT_MOMENTUM)
@@ -382,8 +383,10 @@ def adapt_from_args(args) -> int:
                     "classes": k_new,
                     "steps": args.steps if args.method == "tent" else 0,
                     "scores": scores}
+    # the config adapted with (it declares NEW, its table): cdcl export/predict without --config read it
+    config_text = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
     ck.update(model={k: v.cpu() for k, v in model.state_dict().items()}, num_classes=num_classes,
-              adapted=adapted)
+              adapted=adapted, config=config_text)
     for k in ("optimizer", "scheduler", "scaler"):  # not a training state any more
         ck.pop(k, None)
     save_checkpoint(ck, args.out)
