@@ -221,12 +221,19 @@ def pick_branch(scores: Dict[str, Dict[str, float]]) -> str:
     return min(scores, key=lambda b: scores[b]["bn_distance"])
 
 
-def format_scores(scores: Dict[str, Dict[str, float]], chosen: str) -> str:
+def format_scores(scores: Dict[str, Dict[str, float]], chosen: str, candidates: Optional[List[str]] = None) -> str:
+    """The table ``cdcl adapt`` prints: both measures per branch, the choice,
+    and which branch the entropy would have chosen (``candidates``: the
+    branches that can serve the dataset's classes; the others are marked)."""
+    candidates = [b for b in (candidates or list(scores)) if b in scores]
     lines = [f"{'branch':<16} {'BN distance':>12} {'entropy':>8}"]
     for b, s in scores.items():
-        lines.append(f"{b:<16} {s['bn_distance']:>12.4f} {s['entropy']:>8.4f}" + ("  <- chosen" if b == chosen else ""))
-    by_entropy = min(scores, key=lambda b: scores[b]["entropy"])
-    lines.append(f"(BN distance picks {chosen!r}; entropy would pick {by_entropy!r})")
+        note = "  <- chosen" if b == chosen else ("" if b in candidates else "  (other classes, no label map)")
+        lines.append(f"{b:<16} {s['bn_distance']:>12.4f} {s['entropy']:>8.4f}{note}")
+    if len(candidates) > 1:
+        by_entropy = min(candidates, key=lambda b: scores[b]["entropy"])
+        lines.append(f"(the BN distance picks {pick_branch({b: scores[b] for b in candidates})!r}; "
+                     f"the entropy would pick {by_entropy!r})")
     return "\n".join(lines)
 
 
@@ -300,6 +307,8 @@ def copy_into_branch(model: nn.Module, plain: nn.Module, branch: str) -> None:
 def adapt_from_args(args) -> int:
     """``cdcl adapt CONFIG --checkpoint C --dataset NEW [--branch auto|B]
     [--method precise-bn|tent] [--steps N] [--batches N] --out NEW.pth``."""
+    import yaml
+
     from .build import build_dataset, get_task, num_classes_of
     from .checkpoint import load_checkpoint, save_checkpoint
     from .config import ConfigError, load_config
@@ -307,7 +316,6 @@ def adapt_from_args(args) -> int:
     from .evaluation import load_model_for_eval
     from .precise_bn import equal_size_batches, update_bn_stats
     from .utils import check_writable, to_device
-    import yaml
 
     cfg = load_config(args.config, args.overrides)
     new = args.dataset
@@ -319,6 +327,8 @@ def adapt_from_args(args) -> int:
                           f"{[n for n in cfg.eval_names if n not in cfg.names]}")
     if args.branch != "auto" and args.branch not in cfg.names:
         raise ConfigError(f"--branch {args.branch!r}: 'auto' or a trained dataset of {cfg.source}: {cfg.names}")
+    if args.batches < 1 or (args.method == "tent" and args.steps < 1):
+        raise ConfigError(f"--batches ({args.batches}) and --steps ({args.steps}) must be >= 1")
     check_writable(args.out, "--out")
     task = get_task(cfg)
     device = select_device(cfg.train.device)
@@ -363,7 +373,7 @@ def adapt_from_args(args) -> int:
     scores = score_branches(model, batches, task.forward,
                             cfg.names if args.branch == "auto" else [args.branch])
     source = pick_branch({b: scores[b] for b in fits}) if args.branch == "auto" else args.branch
-    print(format_scores(scores, source))
+    print(format_scores(scores, source, fits))
     table = maps.get(source)
     add_branch(model, new, source, table, k_new)
     plain = collapse(model, new)
