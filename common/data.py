@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
+import zlib
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
@@ -22,6 +23,13 @@ from torch.utils.data import DataLoader, Dataset
 from .errors import DataError
 
 logger = logging.getLogger(__name__)
+
+
+def loader_seed(seed: int, name: str) -> int:
+    """The loader seed of dataset ``name`` in a run of ``train.seed`` = ``seed``:
+    from the name, not the dataset's position in ``data:``, so a dataset draws
+    the same batches alone and beside others (the paired design of a study)."""
+    return int(np.random.SeedSequence([seed, zlib.crc32(name.encode("utf-8"))]).generate_state(1)[0] % 2 ** 31)
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:

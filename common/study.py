@@ -266,13 +266,13 @@ def samples_per_dataset(cfg: Config, world_size: int = 1) -> Dict[str, Optional[
     """Training samples of each trained dataset: steps it is active (finetune:
     before / after the switch) x batch size x processes; None when the length
     is given in epochs (known only once the data is read: see the run's log)."""
-    from .build import active_datasets
+    from .build import active_datasets, strategy_of
 
     t = cfg.train
     if t.iterations is None:
         return {n: None for n in cfg.names}
     steps = {n: 0 for n in cfg.names}
-    if cfg.strategy.name == "finetune":  # two segments: count at the switch, not every step
+    if strategy_of(cfg).switch:  # two segments: count at the switch, not every step
         k = min(int(cfg.strategy.switch_at), int(t.iterations))
         for start, length in ((0, k), (k, int(t.iterations) - k)):
             if length > 0:
@@ -301,14 +301,16 @@ def fairness_table(samples: Dict[str, Dict[str, Optional[int]]], datasets: Seque
 
 
 def pairing_notes(cfgs: Dict[str, Config], datasets: Sequence[str]) -> List[str]:
-    """Datasets whose loader seed differs between methods (the trainer seeds a
-    loader from ``train.seed`` and the dataset's position in the config)."""
+    """Datasets whose batches differ between methods of one seed. A loader's
+    order comes from ``train.seed`` and the dataset's name
+    (:func:`common.data.loader_seed`), so only another batch size or training
+    split unpairs them."""
     notes = []
     for d in datasets:
-        pos = {m: c.names.index(d) for m, c in cfgs.items() if d in c.names}
-        if len(set(pos.values())) > 1:
-            notes.append(f"{d}: position in the config differs ({', '.join(f'{m} {p}' for m, p in pos.items())}): "
-                         "paired by seed, not by data order")
+        how = {m: (c.data[d].batch_size, c.data[d].train_split) for m, c in cfgs.items() if d in c.names}
+        if len(set(how.values())) > 1:
+            notes.append(f"{d}: batch size / training split differ ({', '.join(f'{m} {b}/{s}' for m, (b, s) in how.items())}): "
+                         "paired by seed, not by batches")
     return notes
 
 

@@ -65,7 +65,7 @@ from .build import (active_datasets, build_criteria, build_dataset, build_model,
 from .checkpoint import (CheckpointError, check_resumable, load_checkpoint, load_model_weights,
                          model_state, rng_state, save_checkpoint, set_rng_state)
 from .config import Config, ConfigError, TrainConfig, dump_config
-from .data import InfiniteLoader, MultiLoader
+from .data import InfiniteLoader, MultiLoader, loader_seed
 from .engine import train_step
 from .environment import collect_env, format_env
 from .errors import PathError
@@ -383,11 +383,11 @@ def setup(cfg: Config, work_dir: str, device: torch.device, autocast: Callable[[
     train_sets = {n: build_dataset(cfg, n, cfg.data[n].train_split, True, task) for n in names}
     num_classes = {n: num_classes_of(ds) for n, ds in train_sets.items()}
     loaders = MultiLoader({
-        n: InfiniteLoader(train_sets[n], cfg.data[n].batch_size, seed=cfg.train.seed * 1000 + i,
+        n: InfiniteLoader(train_sets[n], cfg.data[n].batch_size, seed=loader_seed(cfg.train.seed, n),
                           collate_fn=task.collate_fn(n, cfg.data[n].as_dict()),
                           num_workers=cfg.data[n].num_workers, rank=dist.rank(),
                           world_size=dist.world_size(), pin_memory=device.type == "cuda")
-        for i, n in enumerate(names)}, reference=cfg.train.reference)
+        for n in names}, reference=cfg.train.reference)
     # the run's length in iterations (train.epochs converted once); cfg keeps what was written
     t = dataclasses.replace(cfg.train, iterations=iterations_for(cfg, loaders))
     model = build_model(cfg, num_classes, task).to(device)

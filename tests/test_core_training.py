@@ -1,4 +1,5 @@
 """DAT step, loaders, trainer, resume, checkpoints, non-finite losses."""
+import contextlib
 import copy
 import json
 import os
@@ -240,3 +241,20 @@ def test_skipped_step_leaves_batchnorm_statistics_untouched(tmp_path, mode):
     assert all(r["loss/b"] == r["loss/b"] for r in recs if not r["skipped"])  # finite after a skip
     state = load_checkpoint(str(tmp_path / "skip/checkpoints/latest.pth"))["model"]
     assert all(torch.isfinite(v).all() for k, v in state.items() if "running" in k)
+
+
+def test_a_dataset_sees_the_same_batches_alone_and_in_a_joint_run(tmp_path):
+    """The paired design: dataset b's data order depends on the seed and its
+    name, not on its position in data:, so single-b and joint a+b runs of one
+    seed draw the same samples of b in the same order."""
+    from common.trainer import setup
+
+    joint = toy_cfg(tmp_path)
+    single = toy_cfg(tmp_path)
+    single.strategy.name = "single"
+    del single.data["a"]
+    cpu = torch.device("cpu")
+    runs = [setup(c, str(tmp_path / n), cpu, contextlib.nullcontext) for n, c in (("j", joint), ("s", single))]
+    for _ in range(4):
+        bj, bs = (r.loaders.next(["b"])["b"] for r in runs)
+        assert bj["id"] == bs["id"] and torch.equal(bj["inputs"], bs["inputs"])
