@@ -34,7 +34,8 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 import torch
 from torch import nn
 
-from .dataset_specific import DatasetSpecific, collapse, dataset_names, dataset_specific_modules, route
+from .dataset_specific import collapse, dataset_names, dataset_specific_modules
+from .progress import track
 
 logger = logging.getLogger(__name__)
 
@@ -346,10 +347,11 @@ def adapt_from_args(args) -> int:
     collate = task.collate_fn(new, entry.as_dict())
     seed = cfg.train.seed
 
-    def batches(limit: int = args.batches):
+    def batches(limit: int = args.batches, desc: str = f"adapt {new}"):
         it = equal_size_batches(ds, entry.batch_size, collate, shuffle=True,
                                 generator=torch.Generator().manual_seed(seed))
-        for i, b in enumerate(it):
+        n = min(limit, len(it)) if hasattr(it, "__len__") else limit
+        for i, b in enumerate(track(it, desc=desc, total=n)):
             if i >= limit:
                 break
             yield to_device(b, device)
