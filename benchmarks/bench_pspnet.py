@@ -19,7 +19,7 @@ import argparse
 import contextlib
 import statistics
 import time
-from typing import Dict, List, Optional
+from typing import Optional
 
 import torch
 from torch import nn

@@ -10,7 +10,7 @@ logits). Either way ``argmax(1)`` is the prediction.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
 from torch.nn import functional as F

@@ -204,7 +204,6 @@ def _scans(root):
 
 @pytest.mark.parametrize("corruption", ["fog", "snow", "beam-drop", "crosstalk", "motion-blur"])
 def test_corruption_keeps_the_layout_and_readers_and_grows_with_severity(kitti, corruption):
-    import filecmp
 
     import numpy as np
 

@@ -8,7 +8,6 @@ import sys
 import pytest
 import torch
 import torch.distributed as dist
-from torch import nn
 
 from common.dataset_specific import DatasetSpecific, convert_dataset_specific, route
 from common.sync_bn import GroupBatchNorm, convert_sync_batchnorm

@@ -3,7 +3,6 @@ mIoU definition (the other variants on -v), the confusion matrix per dataset
 (.npy, in the JSON, PNG) with an IoU chart for `eval --out` and at the end of
 training, and the nuScenes devkit's own score from `predict --split val`."""
 import json
-import os
 
 import numpy as np
 import pytest
