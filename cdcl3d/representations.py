@@ -218,8 +218,9 @@ def _voxel_predict(model, batch, knn, tta=None) -> Predictions:
 
 
 def _no_dense_input(sensor):
-    raise NotImplementedError("the sparse voxel network has no dense input shape "
-                              "(no FLOP count or ONNX export through spconv)")
+    from common.errors import UnsupportedError
+    raise UnsupportedError("the sparse voxel network has no dense input shape "
+                           "(no FLOP count or ONNX export through spconv)")
 
 
 REPRESENTATIONS: Dict[str, Representation] = {

@@ -52,3 +52,8 @@ class ShowError(UserError, ValueError):
 class OptionError(UserError, ValueError):
     """A command-line option or argument out of its range (``--scans -1``,
     an unknown name in ``--datasets``)."""
+
+
+class UnsupportedError(UserError, NotImplementedError):
+    """What a command asks of a model or dataset that it cannot do (a FLOP
+    count or an ONNX export of the sparse voxel network)."""

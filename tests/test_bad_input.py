@@ -375,6 +375,12 @@ def test_demo_of_an_unknown_task(capsys):
     run_bad(capsys, ["demo", "--task", "4d"], "4d", "3d")
 
 
+def test_info_of_the_sparse_network_is_one_line(capsys):
+    import os
+    cfg = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs/3d/cdcl_sparse.yaml")
+    run_bad(capsys, ["info", cfg, "--no-data"], "sparse voxel network has no dense input")
+
+
 @pytest.mark.parametrize("argv,named", [
     (["synth", "lidar", "--scans", "-1"], "--scans"),
     (["synth", "images", "--datasets", "bogus"], "bogus"),
