@@ -294,7 +294,8 @@ class BadSamplePolicy:
         return "replace" if self.on_bad_sample == "skip" else "raise"
 
     def sample_id(self, index: int) -> Any:
-        raise NotImplementedError
+        """The id a skipped sample is listed under; each reader defines it."""
+        raise NotImplementedError(f"{type(self).__name__} must define sample_id(index)")
 
     def read_sample(self, index: int, load: Callable[[int], Any]) -> Any:
         """``load(index)`` under the policy (see the class docstring)."""
