@@ -98,7 +98,7 @@ def cmd_info(args) -> int:
     return 0
 
 
-# -- predict / export / precise-bn -------------------------------------------------
+# -- predict / export / adapt -------------------------------------------------------
 
 def _config_for_checkpoint(args):
     """The config given on the command line, else the one stored in the checkpoint."""
@@ -188,11 +188,6 @@ def cmd_export(args) -> int:
 def cmd_adapt(args) -> int:
     from .adapt import adapt_from_args
     return adapt_from_args(args)
-
-
-def cmd_precise_bn(args) -> int:
-    from .precise_bn import precise_bn_from_args
-    return precise_bn_from_args(args)
 
 
 # -- demo / synth ----------------------------------------------------------------
@@ -300,17 +295,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-fold", action="store_true", help="keep BatchNorm layers")
     p.set_defaults(func=cmd_export, overrides=[])
 
-    p = add_command(sub, "precise-bn", "recompute one branch's BN statistics on a dataset",
+    p = add_command(sub, "precise-bn", "recompute a branch's BN statistics on a dataset: for an unseen "
+                    "dataset, cdcl adapt --method precise-bn (a new branch); for a trained one, its own "
+                    "branch in place",
                     f"cdcl precise-bn configs/2d/synth_zeroshot_kitti.yaml --dataset kitti --checkpoint {_CKPT} "
                     "--out kitti_pbn.pth")
     _add_config(p)
     p.add_argument("--checkpoint", required=True, help="checkpoint (.pth) written by cdcl train")
     p.add_argument("--dataset", required=True, help="the dataset (from the config) to take statistics on")
-    p.add_argument("--branch", help="the BN branch to update (default: data.<dataset>.branch, else the dataset)")
+    p.add_argument("--branch", help="the branch to start from: a trained dataset or 'auto' (default: the one "
+                                    "that serves the dataset, data.<dataset>.branch, else the dataset)")
     p.add_argument("--batches", type=int, default=200,
                    help="batches of the dataset's training split to average over (default: %(default)s)")
-    p.add_argument("--out", required=True, help="where to write the updated checkpoint")
-    p.set_defaults(func=cmd_precise_bn)
+    p.add_argument("--out", required=True, help="where to write the checkpoint")
+    p.set_defaults(func=cmd_adapt, method="precise-bn", steps=0, lr=0.0, trained_in_place=True)
 
     p = add_command(sub, "adapt", "make an unseen dataset a branch of its own without labels "
                     "(choose a branch, precise BN, optionally TENT)",
@@ -336,13 +334,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="where to write the checkpoint with the new branch")
     p.set_defaults(func=cmd_adapt)
 
-    p = add_command(sub, "demo", "generate data, train baselines and CDCL, print the table",
+    p = add_command(sub, "demo", "generate data, run the demo study (baselines and CDCL), print the table",
                     "cdcl demo --task 2d --out demo_2d --quick")
     p.add_argument("--task", default="3d", help="3d (LiDAR, default) or 2d (images)")
-    p.add_argument("--out", default="demo_out", help="folder for the data, runs and tables (default: %(default)s)")
+    p.add_argument("--out", default="demo_out", help="folder for the study (runs, report, renders) under "
+                                                    "<out>/lidar or <out>/images (default: %(default)s)")
     p.add_argument("--seeds", type=int, nargs="+", default=None,
                    help="training seeds, one run per method and seed (default: the task's)")
     p.add_argument("--quick", action="store_true", help="a much shorter run (smoke test)")
+    p.add_argument("--jobs", type=int, default=1, help="trainings at once, the cores divided between them "
+                                                        "(default: %(default)s)")
     p.set_defaults(func=cmd_demo)
 
     from . import study

@@ -34,9 +34,10 @@ unless the config sets ``train.threads``.
 Fairness: every method must train each dataset on the same number of samples
 (steps the dataset is active x its batch size x processes). The study's
 ``iterations: N`` sets ``train.iterations = N`` for every method, and for a
-``finetune`` method (one dataset after the other) ``2N`` with ``switch_at =
-N``. The table is printed before training; unequal samples are refused
-(``fairness: warn`` in the study trains anyway, with a warning in the report).
+method of a switching strategy (``finetune``, ``two_stage``: one dataset
+after the other) ``2N`` with ``switch_at = N``. The table is printed before
+training; unequal samples are refused (``fairness: warn`` in the study trains
+anyway, with a warning in the report).
 
 Pairing: run ``k`` of every method gets ``train.seed = k``; the trainer seeds
 a dataset's loader from the seed and the dataset's position in the config,
@@ -248,10 +249,13 @@ def resolve_run(study: Study, method: Method, seed: int) -> Config:
         d = _merge(load_yaml(method.config), method.patch)
         d = apply_overrides(d, method.overrides + study.overrides, method.config)
         if study.iterations is not None:
+            from .build import STRATEGIES
+
             n = study.iterations
             name = (d.get("strategy") or {}).get("name", "cdcl") if isinstance(d.get("strategy"), dict) else None
-            sched = [f"train.iterations={2 * n if name == 'finetune' else n}", "train.epochs=null"]
-            if name == "finetune":
+            switch = name in STRATEGIES and STRATEGIES[name].switch  # A for n steps, then B for n
+            sched = [f"train.iterations={2 * n if switch else n}", "train.epochs=null"]
+            if switch:
                 sched.append(f"strategy.switch_at={n}")
             d = apply_overrides(d, sched, method.config)
         d = apply_overrides(d, [f"train.seed={seed}"], method.config)
@@ -417,8 +421,8 @@ def plan(study: Study, out: str, jobs: int = 1) -> Tuple[List[Run], Dict[str, Di
         msg = ("methods train a dataset on different numbers of samples (the fairness rule): "
                + "; ".join(unequal))
         if study.fairness == "refuse":
-            raise ConfigError(f"{study.source}: {msg}; set 'iterations' in the study (finetune gets 2x with "
-                              "switch_at), or 'fairness: warn' to train anyway")
+            raise ConfigError(f"{study.source}: {msg}; set 'iterations' in the study (finetune and two_stage "
+                              "get 2x with switch_at), or 'fairness: warn' to train anyway")
         _say("WARNING: " + msg)
     pairing = pairing_notes(first, study.datasets)
     for p in pairing:
@@ -567,6 +571,22 @@ def run_study(study: Study, out: str, jobs: int = 1, command: str = "") -> Dict[
     report = build_report(out)
     if failed:
         raise UserError(f"{len(failed)} run(s) failed: " + ", ".join(f"{r.tag} (log {r.log_path})" for r in failed))
+    return report
+
+
+def run_demo(path: str, out: str, overrides: Sequence[str] = (), seeds: Optional[Sequence[int]] = None,
+             jobs: int = 1) -> Dict[str, Any]:
+    """``cdcl demo``: the study ``path`` into ``out`` (resumable like any study),
+    then its first table on stdout; the full report is ``out/report.md``."""
+    if jobs < 1:
+        raise ConfigError(f"--jobs must be >= 1, got {jobs}")
+    study = load_study(path, overrides, seeds)
+    command = ["cdcl", "study", _shown_path(path), *overrides, "--out", _shown_path(out), "--jobs", str(jobs)]
+    report = run_study(study, out, jobs, command=shlex.join(command + ["--seeds", *map(str, study.seeds)]))
+    with open(os.path.join(out, "report.md"), encoding="utf-8") as f:
+        sections = f.read().split("\n## ")
+    print("\n## " + sections[1].rstrip() + f"\n\nFull report (per seed, per class, figures): "
+          f"{os.path.join(out, 'report.md')}", flush=True)
     return report
 
 
