@@ -40,10 +40,12 @@ training; unequal samples are refused (``fairness: warn`` in the study trains
 anyway, with a warning in the report).
 
 Pairing: run ``k`` of every method gets ``train.seed = k``; the trainer seeds
-a dataset's loader from the seed and the dataset's position in the config,
-so the data order of a dataset is the same across methods where it has the
-same position (checked and printed: a single-dataset run of the second dataset
-of a joint config is paired by seed but not by data order).
+a dataset's loader from the seed and the dataset's name
+(:func:`common.data.loader_seed`), so a dataset draws the same batches in
+every method of one seed, alone or beside others (checked and printed: only
+another batch size or training split unpairs them).
+
+``cdcl demo`` is a study too (:func:`run_demo`).
 
 The report (``DIR/report.md``, ``report.json``, ``miou.png``,
 ``class_delta.png``) is built from the runs' ``results.json`` files by
