@@ -107,7 +107,10 @@ def mapped_for_eval(model: nn.Module, name: str, label_map_from: Optional[Dict[s
 
 def reachable_classes(model: nn.Module, name: str) -> Optional[List[int]]:
     """The classes of ``name`` its head can predict when the head maps another
-    label space (:class:`MappedHead`); None: every class."""
+    label space (:class:`MappedHead`, or a :class:`MappedOutput` around the
+    network); None: every class."""
+    if isinstance(model, MappedOutput):
+        return [j for j, g in enumerate(model.map.groups) if g]
     for _, m in dataset_specific_modules(model):
         b = m.branches[name] if name in m.branches else None  # an alias serves its branch's classes
         if isinstance(b, MappedHead):
@@ -288,10 +291,10 @@ def tent(plain: nn.Module, batches: Iterable, forward: Callable[[nn.Module, Any]
     return losses
 
 
-def copy_into_branch(model: nn.Module, plain: nn.Module, branch: str) -> None:
-    """Load a collapsed network's weights back into ``branch`` of ``model``
-    (only that branch's entries and shared ones that are equal change: the
-    shared ones are not written)."""
+def copy_into_branch(model: nn.Module, plain: nn.Module, branch: str, shared: bool = False) -> None:
+    """Load a collapsed network's weights back into ``branch`` of ``model``:
+    only that branch's entries change; with ``shared`` the entries outside
+    dataset-specific wrappers (a shared BatchNorm) are written too."""
     state = model.state_dict()
     wrappers = {p for p, _ in dataset_specific_modules(model)}
     for k, v in plain.state_dict().items():
@@ -299,15 +302,91 @@ def copy_into_branch(model: nn.Module, plain: nn.Module, branch: str) -> None:
         for cut in range(len(parts) - 1, 0, -1):
             prefix = ".".join(parts[:cut])
             if prefix in wrappers:
-                target = ".".join(parts[:cut] + ["branches", branch] + parts[cut:])
-                state[target] = v.clone()
+                state[".".join(parts[:cut] + ["branches", branch] + parts[cut:])] = v.clone()
                 break
+        else:
+            if shared and k in state:
+                state[k] = v.clone()
     model.load_state_dict(state)
+
+
+# -- the steps shared by `cdcl adapt`, `cdcl precise-bn` and the study's unseen domains ------
+
+#: the adaptations: ``precise-bn`` (BN statistics re-estimated), ``tent`` (then TENT)
+METHODS = ("precise-bn", "tent")
+
+
+def candidate_branches(model: nn.Module, names: List[str], heads: Dict[str, int],
+                       maps: Dict[str, Dict[int, int]], k_new: int) -> Tuple[List[str], Dict[str, str]]:
+    """The trained branches that can serve a dataset of ``k_new`` classes (a head
+    of ``k_new`` classes, or one ``maps`` maps onto them), and why each other
+    one cannot. A model without dataset-specific modules (one head in the
+    first dataset's classes, as label remapping trains) has one branch."""
+    own = [b for b in dataset_names(model) if b in names] or list(names[:1])
+    fits, others = [], {}
+    for b in own:
+        k = int(heads.get(b, k_new))
+        if b in maps or k == k_new:
+            fits.append(b)
+        else:
+            others[b] = f"{k} classes, no label map"
+    return fits, others
+
+
+def unlabelled_batches(ds, batch_size: int, collate: Callable, seed: int, limit: int,
+                       device: Optional[torch.device] = None, desc: str = "") -> Callable[[], Iterable]:
+    """A function returning, at each call, the same first ``limit`` batches of
+    ``ds`` (seeded shuffle, equal input sizes only: :func:`equal_size_batches`),
+    on ``device``: what branch scores, precise BN and TENT read (labels unused)."""
+    from .precise_bn import equal_size_batches
+    from .utils import to_device
+
+    def batches():
+        it = equal_size_batches(ds, batch_size, collate, shuffle=True,
+                                generator=torch.Generator().manual_seed(seed))
+        total = min(limit, math.ceil(len(ds) / batch_size))
+        for i, b in enumerate(track(it, desc=desc, total=total) if desc else it):
+            if i >= limit:
+                break
+            yield to_device(b, device) if device is not None else b
+    return batches
+
+
+def adapt_network(net: nn.Module, make_batches: Callable[[], Iterable], forward: Callable[[nn.Module, Any], Any],
+                  method: str = "precise-bn", num_batches: int = 200, steps: int = TENT_STEPS,
+                  lr: float = TENT_LR) -> Dict[str, Any]:
+    """Adapt a plain network in place: precise BN (its BN statistics
+    recomputed as true averages over ``num_batches`` batches), then with
+    ``method="tent"`` ``steps`` TENT steps. Returns ``{"method", "batches"}``
+    and for TENT ``{"steps", "entropy": [first, last]}``."""
+    from .precise_bn import update_bn_stats
+
+    if method not in METHODS:
+        raise ValueError(f"unknown adaptation {method!r}; choose from {list(METHODS)}")
+    info: Dict[str, Any] = {"method": method, "batches": update_bn_stats(net, make_batches(), forward, num_batches)}
+    if method == "tent":
+        losses = tent(net, make_batches, forward, steps=steps, lr=lr, momentum=TENT_MOMENTUM)
+        info.update(steps=len(losses), entropy=[losses[0], losses[-1]])
+    return info
+
+
+def describe(info: Dict[str, Any]) -> str:
+    """``precise BN on 12 batches, TENT 200 steps (entropy 0.41 -> 0.30)``."""
+    msg = f"precise BN on {info['batches']} batches"
+    if info.get("method") == "tent":
+        first, last = info["entropy"]
+        msg += f", TENT {info['steps']} steps (entropy {first:.4f} -> {last:.4f})"
+    return msg
 
 
 def adapt_from_args(args) -> int:
     """``cdcl adapt CONFIG --checkpoint C --dataset NEW [--branch auto|B]
-    [--method precise-bn|tent] [--steps N] [--batches N] --out NEW.pth``."""
+    [--method precise-bn|tent] [--steps N] [--batches N] --out NEW.pth``.
+
+    ``cdcl precise-bn`` is this command with ``--method precise-bn`` and
+    ``--branch`` defaulting to the branch that serves NEW (``data.NEW.branch``);
+    it also takes a trained dataset (``args.trained_in_place``): that
+    dataset's own branch gets its statistics recomputed in place."""
     import yaml
 
     from .build import build_dataset, get_task, num_classes_of
@@ -315,17 +394,22 @@ def adapt_from_args(args) -> int:
     from .config import ConfigError, load_config
     from .dist import select_device
     from .evaluation import load_model_for_eval
-    from .precise_bn import equal_size_batches, update_bn_stats
-    from .utils import check_writable, to_device
+    from .utils import check_writable
 
     cfg = load_config(args.config, args.overrides)
     new = args.dataset
+    in_place = new in cfg.names
     if new not in cfg.data:
         raise ConfigError(f"--dataset {new!r}: the config {cfg.source} has {cfg.eval_names}")
-    if new in cfg.names:
+    if in_place and not getattr(args, "trained_in_place", False):
         raise ConfigError(f"--dataset {new!r} is trained in {cfg.source}: adapt an unseen dataset "
                           f"(one declared with 'data.{new}.branch'); unseen: "
                           f"{[n for n in cfg.eval_names if n not in cfg.names]}")
+    if args.branch is None:  # cdcl precise-bn: the branch that serves the dataset
+        args.branch = new if in_place else cfg.data[new].branch
+    if in_place and args.branch != new:
+        raise ConfigError(f"--branch {args.branch!r}: {new!r} is trained in {cfg.source}, so its own "
+                          f"branch is the one recomputed (leave --branch out)")
     if args.branch != "auto" and args.branch not in cfg.names:
         raise ConfigError(f"--branch {args.branch!r}: 'auto' or a trained dataset of {cfg.source}: {cfg.names}")
     if args.batches < 1 or (args.method == "tent" and args.steps < 1):
@@ -334,38 +418,41 @@ def adapt_from_args(args) -> int:
     task = get_task(cfg)
     device = select_device(cfg.train.device)
     model = load_model_for_eval(cfg, args.checkpoint, device, task)
-    if not any(isinstance(next(iter(m.branches.values())), _BN) for _, m in dataset_specific_modules(model)):
+    if not in_place and not any(isinstance(next(iter(m.branches.values())), _BN)
+                                for _, m in dataset_specific_modules(model)):
         raise ConfigError(f"{cfg.source}: strategy {cfg.strategy.name!r} has no dataset-specific BatchNorm "
                           "to adapt (cdcl, conv_not_shared have)")
-    if new in dataset_names(model):
+    if not in_place and new in dataset_names(model):
         raise ConfigError(f"--dataset {new!r}: {args.checkpoint} already has a branch {new!r} "
                           "(adapt the checkpoint it came from)")
     entry = cfg.data[new]
     ds = build_dataset(cfg, new, entry.train_split, False, task)
     if len(ds) == 0:
         raise ConfigError(f"data.{new}: split {entry.train_split!r} has no scans to adapt on")
-    collate = task.collate_fn(new, entry.as_dict())
-    seed = cfg.train.seed
-
-    def batches(limit: int = args.batches, desc: str = f"adapt {new}"):
-        it = equal_size_batches(ds, entry.batch_size, collate, shuffle=True,
-                                generator=torch.Generator().manual_seed(seed))
-        n = min(limit, len(it)) if hasattr(it, "__len__") else limit
-        for i, b in enumerate(track(it, desc=desc, total=n)):
-            if i >= limit:
-                break
-            yield to_device(b, device)
+    batches = unlabelled_batches(ds, entry.batch_size, task.collate_fn(new, entry.as_dict()), cfg.train.seed,
+                                 args.batches, device, desc=f"adapt {new}")
+    ck = load_checkpoint(args.checkpoint)
+    for k in ("optimizer", "scheduler", "scaler"):  # not a training state any more
+        ck.pop(k, None)
+    if in_place:
+        plain = collapse(model, new)
+        info = adapt_network(plain, batches, task.forward, args.method, args.batches, args.steps, args.lr)
+        copy_into_branch(model, plain, new, shared=True)
+        ck["model"] = {k: v.cpu() for k, v in model.state_dict().items()}
+        save_checkpoint(ck, args.out)
+        print(f"branch {new!r} adapted in place on its own split {entry.train_split!r} ({describe(info)}) "
+              f"-> {args.out}")
+        return 0
 
     # NEW's predictions are read in the source head's classes: only a head
-    # with NEW's class count can serve it
-    # ... or one that data.NEW.label_map_from maps onto NEW's classes
-    ck = load_checkpoint(args.checkpoint)
+    # with NEW's class count can serve it, or one that data.NEW.label_map_from
+    # maps onto NEW's classes
     heads = dict(ck.get("num_classes") or {})
     k_new = num_classes_of(ds)
     maps = entry.label_map_from or {}
     for b, table in maps.items():
         check_label_map(table, b, int(heads.get(b, k_new)), new, k_new)
-    fits = [b for b in cfg.names if b in maps or int(heads.get(b, k_new)) == k_new]
+    fits, _ = candidate_branches(model, cfg.names, heads, maps, k_new)
     if args.branch != "auto" and args.branch not in fits:
         raise ConfigError(f"--branch {args.branch!r}: its head has {heads.get(args.branch)} classes, "
                           f"{new} has {k_new} (map them with 'data.{new}.label_map_from.{args.branch}')")
@@ -379,28 +466,22 @@ def adapt_from_args(args) -> int:
     table = maps.get(source)
     add_branch(model, new, source, table, k_new)
     plain = collapse(model, new)
-    used = update_bn_stats(plain, batches(), task.forward, args.batches)
-    msg = f"precise BN on {used} batches"
-    if args.method == "tent":
-        losses = tent(plain, batches, task.forward, steps=args.steps, lr=args.lr, momentum=TENT_MOMENTUM)
-        msg += f", TENT {len(losses)} steps (entropy {losses[0]:.4f} -> {losses[-1]:.4f})"
+    info = adapt_network(plain, batches, task.forward, args.method, args.batches, args.steps, args.lr)
     copy_into_branch(model, plain, new)
     num_classes = dict(heads)
     head_k = num_classes.get(source)
     if head_k is not None:
         num_classes[new] = k_new if table is not None else head_k
     adapted = dict(ck.get("adapted") or {})
-    adapted[new] = {"from": source, "method": args.method, "batches": used,
+    adapted[new] = {"from": source, "method": args.method, "batches": info["batches"],
                     "label_map": None if table is None else {int(k): int(v) for k, v in table.items()},
                     "classes": k_new,
-                    "steps": args.steps if args.method == "tent" else 0,
+                    "steps": info.get("steps", 0),
                     "scores": scores}
     # the config adapted with (it declares NEW, its table): cdcl export/predict without --config read it
     config_text = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
     ck.update(model={k: v.cpu() for k, v in model.state_dict().items()}, num_classes=num_classes,
               adapted=adapted, config=config_text)
-    for k in ("optimizer", "scheduler", "scaler"):  # not a training state any more
-        ck.pop(k, None)
     save_checkpoint(ck, args.out)
-    print(f"branch {new!r} = branch {source!r} adapted on {new} ({msg}) -> {args.out}")
+    print(f"branch {new!r} = branch {source!r} adapted on {new} ({describe(info)}) -> {args.out}")
     return 0

@@ -2,13 +2,14 @@
 
 Used for zero-shot transfer to an unseen dataset (the paper's KITTI table):
 run the chosen dataset branch over the new data in train mode with momentum
-``None`` (a cumulative average), weights frozen.
+``None`` (a cumulative average), weights frozen. The commands that do it
+(``cdcl adapt``, and ``cdcl precise-bn``, its alias) live in
+:mod:`common.adapt`.
 """
 from __future__ import annotations
 
 import contextlib
 import logging
-import math
 from typing import Any, Callable, Dict, Hashable, Iterable, Iterator, List, Optional
 
 import torch
@@ -91,51 +92,3 @@ def equal_size_batches(dataset, batch_size: int, collate_fn: Optional[Callable] 
                         key)
             continue
         yield collate_fn(bucket)
-
-
-def precise_bn_from_args(args) -> int:
-    """``cdcl precise-bn CONFIG --checkpoint C --dataset D [--branch B] --out NEW``."""
-    from .build import build_dataset, get_task
-    from .checkpoint import load_checkpoint, save_checkpoint
-    from .config import ConfigError, load_config
-    from .dataset_specific import branch_name, collapse
-    from .dist import select_device
-    from .evaluation import load_model_for_eval
-    from .progress import track
-    from .utils import check_writable
-
-    cfg = load_config(args.config, args.overrides)
-    if args.dataset not in cfg.data:
-        raise ConfigError(f"--dataset {args.dataset!r}: the config {cfg.source} has {list(cfg.data)}")
-    if args.branch and args.branch not in cfg.names:
-        raise ConfigError(f"--branch {args.branch!r}: the config {cfg.source} trains {cfg.names}")
-    check_writable(args.out, "--out")  # before the work, not after it
-    task = get_task(cfg)
-    device = select_device(cfg.train.device)
-    model = load_model_for_eval(cfg, args.checkpoint, device, task)
-    branch = args.branch or branch_name(model, args.dataset)  # data.<dataset>.branch, else the dataset
-    ds = build_dataset(cfg, args.dataset, cfg.data[args.dataset].train_split, False, task)
-    # Whole images (eval transform) may differ in size (KITTI): batch equal sizes only.
-    loader = equal_size_batches(ds, cfg.data[args.dataset].batch_size,
-                                task.collate_fn(args.dataset, cfg.data[args.dataset].as_dict()),
-                                shuffle=True, generator=torch.Generator().manual_seed(cfg.train.seed))
-    # Only the chosen branch must change: update a collapsed copy, then copy
-    # its statistics back into that branch.
-    plain = collapse(model, branch)  # a plain model: a copy
-    total = min(args.batches, math.ceil(len(ds) / cfg.data[args.dataset].batch_size))  # about: sizes may differ
-    batches = track(loader, desc=f"precise-bn {args.dataset} -> branch {branch}", total=total)
-    used = update_bn_stats(plain, batches, task.forward, args.batches, None, device)
-    state = model.state_dict()
-    for k, v in plain.state_dict().items():
-        if not (k.endswith("running_mean") or k.endswith("running_var") or k.endswith("num_batches_tracked")):
-            continue
-        parts = k.split(".")
-        wrapped = ".".join(parts[:-1] + ["branches", branch, parts[-1]])
-        target = wrapped if wrapped in state else k
-        state[target] = v
-    model.load_state_dict(state)
-    ck = load_checkpoint(args.checkpoint)
-    ck["model"] = {k: v.cpu() for k, v in model.state_dict().items()}
-    save_checkpoint(ck, args.out)
-    print(f"recomputed BN statistics of branch {branch!r} on {args.dataset} ({used} batches) -> {args.out}")
-    return 0

@@ -188,7 +188,7 @@ def test_every_strategy_trains(tmp_path, strategy, mode):
     assert all(0 <= r["miou"] <= 1 for r in res.values())
 
 
-def test_unseen_dataset_is_evaluated_and_precise_bn_updates_only_its_branch(tmp_path):
+def test_unseen_dataset_is_evaluated_and_precise_bn_gives_it_a_branch_of_its_own(tmp_path):
     from common.build import build_dataset
     from common.cli import main
     from common.dataset_specific import collapse, dataset_names
@@ -210,15 +210,23 @@ def test_unseen_dataset_is_evaluated_and_precise_bn_updates_only_its_branch(tmp_
                  "--dataset", "c", "--batches", "100", "--out", str(out)]) == 0
     before = load_checkpoint(str(ckpt))["model"]
     after = load_checkpoint(str(out))["model"]
-    changed = {k for k in before if not torch.equal(before[k], after[k])}
-    assert changed and all(".branches.b." in k for k in changed)
-    # bn1's new running mean is the mean of conv1's output over all of c's samples
+    # cdcl adapt --method precise-bn from c's branch b: b is untouched, c gets a copy of it
+    assert all(torch.equal(v, after[k]) for k, v in before.items())
+    assert {k for k in after if k not in before} == {k.replace(".branches.b.", ".branches.c.")
+                                                     for k in before if ".branches.b." in k}
+    # c's bn1 running mean is the mean of conv1's output over all of c's samples
     model = load_model_for_eval(cfg, str(ckpt), torch.device("cpu"))
     ds = build_dataset(cfg, "c", "train", False)
     x = torch.stack([ds[i]["inputs"] for i in range(len(ds))])
     with torch.no_grad():
         feats = collapse(model, "b").conv1(x)
-    assert torch.allclose(after["bn1.branches.b.running_mean"], feats.mean((0, 2, 3)), atol=1e-4)
+    assert torch.allclose(after["bn1.branches.c.running_mean"], feats.mean((0, 2, 3)), atol=1e-4)
+    # a trained dataset: its own branch, in place
+    assert main(["precise-bn", str(tmp_path / "run" / "config.yaml"), "--checkpoint", str(ckpt),
+                 "--dataset", "a", "--out", str(tmp_path / "a.pth")]) == 0
+    changed = {k for k, v in load_checkpoint(str(tmp_path / "a.pth"))["model"].items() if not torch.equal(v, before[k])}
+    assert changed and all(".branches.a." in k and k.endswith(("running_mean", "running_var", "num_batches_tracked"))
+                           for k in changed)
 
 
 def test_bf16_autocast_and_gradient_clipping(tmp_path):
