@@ -11,9 +11,17 @@ never the name:
 ``conv_not_shared`` every conv and BN dataset-specific (ablation)
 ``finetune``        train on A for ``switch_at`` iterations, then on B with
                     B's own head (shared BN)
+``two_stage``       the paper's Table 6 domain-adaptation baseline: A, then
+                    B with B's own BN (a copy of A's at the switch) and head
 ``label_remap``     B's labels mapped into A's label space
                     (``strategy.label_map``), one network, one head
 =================== ========================================================
+
+A switching strategy (``finetune``, ``two_stage``) trains only A before
+``strategy.switch_at`` and only B from then on; :func:`begin_stage` makes
+B's dataset-specific branches (its head apart) copies of A's at the switch
+and, with ``strategy.freeze_conv``, stops every update of the shared
+parameters after it.
 """
 from __future__ import annotations
 
@@ -25,15 +33,20 @@ from torch import nn
 
 from .config import Config, ConfigError
 from .data import RemapLabels, build_label_lut
-from .dataset_specific import BATCHNORM_TYPES, CONV_TYPES, convert_dataset_specific, convert_heads, set_aliases
+from .dataset_specific import (BATCHNORM_TYPES, CONV_TYPES, convert_dataset_specific, convert_heads,
+                               dataset_specific_modules, set_aliases)
 from .registry import TASKS
 from .task import Task
 
 
-def _needs_switch_at(cfg: Config) -> None:
-    if not cfg.strategy.switch_at:
-        raise ConfigError(f"{cfg.source}: strategy {cfg.strategy.name!r} needs 'strategy.switch_at' "
-                          "(iterations on the first dataset)")
+def _check_switch(cfg: Config) -> None:
+    """``strategy.switch_at`` of a switching strategy: set, and B gets steps."""
+    src, name, k, n = cfg.source, cfg.strategy.name, cfg.strategy.switch_at, cfg.train.iterations
+    if not k:
+        raise ConfigError(f"{src}: strategy {name!r} needs 'strategy.switch_at' (iterations on the first dataset)")
+    if n is not None and k >= n:  # train.epochs: the length is known only once the data is read
+        raise ConfigError(f"{src}: 'strategy.switch_at' ({k}) must be below 'train.iterations' ({n}): "
+                          f"strategy {name!r} trains {cfg.names[1]} from step switch_at on")
 
 
 def _check_label_map(cfg: Config) -> None:
@@ -66,6 +79,7 @@ class Strategy:
     #: datasets after the first are mapped into the first one's ids (``strategy.label_map``)
     remap_labels: bool = False
     #: the first dataset trains until ``strategy.switch_at``, then only the second
+    #: (:func:`begin_stage`; ``strategy.freeze_conv`` applies)
     switch: bool = False
     #: DDP: parameters may get no gradient in a step (a head whose dataset sits out)
     find_unused: bool = False
@@ -80,7 +94,8 @@ STRATEGIES: Dict[str, Strategy] = {
     "cdcl": Strategy(),
     "shared_bn": Strategy(specific=()),
     "conv_not_shared": Strategy(specific=BATCHNORM_TYPES + CONV_TYPES),
-    "finetune": Strategy(specific=(), switch=True, find_unused=True, datasets=2, check=_needs_switch_at),
+    "finetune": Strategy(specific=(), switch=True, find_unused=True, datasets=2),
+    "two_stage": Strategy(switch=True, find_unused=True, datasets=2),
     "label_remap": Strategy(specific=(), heads=False, remap_labels=True, datasets=2, check=_check_label_map),
 }
 
@@ -100,6 +115,12 @@ def check_strategy(cfg: Config) -> None:
     if s.datasets is not None and len(cfg.names) != s.datasets:
         raise ConfigError(f"{cfg.source}: strategy {cfg.strategy.name!r} needs exactly {s.datasets} trained "
                           f"dataset(s) under 'data', got {cfg.names}")
+    if s.switch:
+        _check_switch(cfg)
+    elif cfg.strategy.freeze_conv:
+        switching = [n for n, row in STRATEGIES.items() if row.switch]
+        raise ConfigError(f"{cfg.source}: 'strategy.freeze_conv' freezes the shared layers after the switch of "
+                          f"{' or '.join(switching)}; strategy {cfg.strategy.name!r} has no switch")
     if s.check is not None:
         s.check(cfg)
 
@@ -160,6 +181,36 @@ def active_datasets(cfg: Config, step: int) -> List[str]:
     if strategy_of(cfg).switch:
         return [cfg.names[0]] if step < int(cfg.strategy.switch_at) else [cfg.names[1]]
     return cfg.names
+
+
+@torch.no_grad()
+def begin_stage(model: nn.Module, cfg: Config, step: int) -> None:
+    """Put ``model`` into the stage of ``step`` under a switching strategy (a
+    no-op before ``strategy.switch_at`` and for the others); the trainer calls
+    it at an attempt's first step and at the switch.
+
+    At ``switch_at`` exactly, B's branch of every dataset-specific layer but
+    the heads becomes a copy of A's trained one (statistics and affine: B's
+    new BN starts from A's; B's own head stays as built). Nothing routes to B
+    before the switch, so its branches hold their initial values until then,
+    and a resume after the switch finds the copy in the checkpoint. From the
+    switch on, ``strategy.freeze_conv`` turns ``requires_grad`` off for every
+    parameter outside the dataset-specific layers: such a parameter gets no
+    gradient, and SGD skips parameters without one, weight decay and momentum
+    included (DDP leaves the gradients of unused parameters as they are)."""
+    k = cfg.strategy.switch_at
+    if not strategy_of(cfg).switch or step < k:
+        return
+    a, b = cfg.names
+    specific = set()
+    for _, m in dataset_specific_modules(model):
+        specific.update(id(p) for p in m.parameters())
+        if step == k and not m.split_output:  # split_output: a classifier head
+            m.branches[b].load_state_dict(m.branches[a].state_dict())
+    if cfg.strategy.freeze_conv:
+        for p in model.parameters():
+            if id(p) not in specific:
+                p.requires_grad_(False)
 
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> List[Dict[str, Any]]:

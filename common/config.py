@@ -77,11 +77,14 @@ class StrategyConfig:
     """How the datasets share the network (the paper's methods and ablations)."""
 
     name: str = "cdcl"
-    # finetune: iterations on the first dataset before switching to the second
+    # finetune, two_stage: iterations on the first dataset before switching to the second
     switch_at: Optional[int] = None
+    # finetune, two_stage: after the switch the parameters shared by the datasets get no updates
+    # (two_stage: the convolutions; finetune: also the shared BN's affine, its statistics still move)
+    freeze_conv: bool = False
     # label_remap: {dataset: {source_id: target_id}} into the first dataset's ids
     label_map: Dict[str, Dict[int, int]] = field(default_factory=dict)
-    # extra layer types made dataset-specific on top of the strategy's own
+    # under DDP every BatchNorm (and BatchNorm branch) a SyncBatchNorm
     sync_bn: bool = False
 
 

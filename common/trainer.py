@@ -60,7 +60,7 @@ import torch
 from torch import nn
 
 from . import dist
-from .build import (active_datasets, build_criteria, build_dataset, build_model, build_optimizer,
+from .build import (active_datasets, begin_stage, build_criteria, build_dataset, build_model, build_optimizer,
                     get_task, num_classes_of, strategy_of)
 from .checkpoint import (CheckpointError, check_resumable, load_checkpoint, load_model_weights,
                          model_state, rng_state, save_checkpoint, set_rng_state)
@@ -529,6 +529,8 @@ def train_one_step(run: Run, model: nn.Module, step: int) -> Tuple[Dict[str, flo
     """One optimisation step of the active datasets; returns the losses (NaN:
     skipped), the step's seconds and the seconds spent waiting for data."""
     t = run.t
+    if step in (run.start, run.cfg.strategy.switch_at):  # a switching strategy's stage 2: B's BN, frozen convs
+        begin_stage(run.model, run.cfg, step)
     tic = time.perf_counter()
     batches = to_device(run.loaders.next(active_datasets(run.cfg, step)), run.device)
     data_time = time.perf_counter() - tic

@@ -40,14 +40,14 @@ def lidar_cfg(root, strategy="cdcl", mode="dat", iterations=2, model=None, voxel
          "train": {"iterations": iterations, "lr": 0.01, "mode": mode, "progress": False,
                    "checkpoint_every": 100, "log_every": 1, "threads": 1},
          "eval": {"max_samples": 2, "options": {"knn": not voxel}}}
-    if strategy != "finetune":
+    if strategy not in ("finetune", "two_stage"):
         d["strategy"].pop("switch_at")
     return build_config(d, source="test")
 
 
 @pytest.mark.parametrize("strategy,mode", [("cdcl", "dat"), ("shared_bn", "dat"),
                                            ("conv_not_shared", "dat"), ("cdcl", "sequential"),
-                                           ("finetune", "dat")])
+                                           ("finetune", "dat"), ("two_stage", "dat")])
 def test_one_iteration_per_strategy(data_root, tmp_path, strategy, mode):
     res = train(lidar_cfg(data_root, strategy, mode), str(tmp_path / "run"))
     assert set(res) == {"semantickitti", "nuscenes"}
