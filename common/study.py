@@ -50,6 +50,12 @@ another batch size or training split unpairs them).
 The report (``DIR/report.md``, ``report.json``, ``miou.png``,
 ``class_delta.png``) is built from the runs' ``results.json`` files by
 :func:`build_report` (also ``cdcl study --report-only DIR``).
+
+An ``unseen:`` section (:mod:`common.study_unseen`) measures the finished
+runs of the methods it lists on domains they never saw (directly, after
+precise BN, after TENT; the branch ``cdcl adapt --branch auto`` picks) and
+adds the paper's Table 7 to the report; it is no part of any training config,
+so adding it to a finished study retrains nothing.
 """
 from __future__ import annotations
 
@@ -71,7 +77,7 @@ from . import stats
 from .config import Config, ConfigError, apply_overrides, build_config, load_yaml, safe_load
 
 STUDY_KEYS = ("title", "seeds", "datasets", "baseline", "iterations", "overrides", "methods", "tables",
-              "fairness", "notes")
+              "fairness", "notes", "unseen")
 METHOD_KEYS = ("config", "overrides", "label", "flags")
 TABLE_KEYS = ("title", "rows", "columns", "flags", "note")
 #: keys that change how a run executes, not what it computes: ignored when a
@@ -114,6 +120,7 @@ class Study:
     iterations: Optional[int] = None
     fairness: str = "refuse"  # refuse | warn
     notes: str = ""
+    unseen: Optional[Any] = None  # common.study_unseen.Unseen: the runs measured on unseen domains
 
 
 # -- loading ------------------------------------------------------------------------
@@ -232,9 +239,13 @@ def load_study(path: str, overrides: Sequence[str] = (), seeds: Optional[Sequenc
                 raise _fail(source, f"'tables[{i}].columns' names {c!r}; datasets: {', '.join(datasets)}")
         tables.append(Table(str(t.get("title") or f"Table {i + 1}"), rows, cols,
                             _str_list(t.get("flags"), f"tables[{i}].flags", source), str(t.get("note") or "")))
+    unseen = None
+    if d.get("unseen") is not None:
+        from .study_unseen import load_unseen
+        unseen = load_unseen(d["unseen"], source, list(methods))
     return Study(source, str(d.get("title") or os.path.splitext(os.path.basename(source))[0]),
                  list(d["seeds"]), datasets, baseline, methods, tables, run_overrides, iterations, fairness,
-                 str(d.get("notes") or ""))
+                 str(d.get("notes") or ""), unseen)
 
 
 def _merge(base: Dict[str, Any], over: Dict[str, Any]) -> Dict[str, Any]:
@@ -393,6 +404,13 @@ class Run:
     def tag(self) -> str:
         return f"{self.method}/seed{self.seed}"
 
+    @property
+    def verb(self) -> str:
+        return "resuming" if self.state == "resume" else "training"
+
+    def headline(self) -> str:
+        return _headline(self.run_dir)
+
     def command(self) -> List[str]:
         return [sys.executable, "-m", "common.cli", "train", self.config_path, f"train.threads={self.threads}",
                 "train.progress=false", "--work-dir", self.run_dir, "--resume", "auto"]
@@ -457,6 +475,12 @@ def plan(study: Study, out: str, jobs: int = 1) -> Tuple[List[Run], Dict[str, Di
                     for m, x in study.methods.items()},
         "tables": [t.__dict__ for t in study.tables],
     }
+    if study.unseen is not None:  # checked and written now; never part of a training config
+        from .study_unseen import resolve_unseen, section_meta
+        resolve_unseen(study, cfgs, out)
+        labels = [x.label for x in study.methods.values()]
+        meta["unseen"] = section_meta(study.unseen, {m: x.label if labels.count(x.label) == 1 else m
+                                                     for m, x in study.methods.items()})
     return runs, meta
 
 
@@ -490,7 +514,7 @@ def execute(runs: Sequence[Run], jobs: int = 1, poll: float = 0.5) -> List[Run]:
                 log.flush()
                 proc = subprocess.Popen(r.command(), stdout=log, stderr=subprocess.STDOUT, env=env)
                 running[proc.pid] = (proc, r, log, time.time())
-                _say(f"{r.tag}: {'resuming' if r.state == 'resume' else 'training'} "
+                _say(f"{r.tag}: {r.verb} "
                      f"({r.threads} thread{'s' if r.threads > 1 else ''}, log {r.log_path})")
             time.sleep(poll)
             for pid, (proc, r, log, t0) in list(running.items()):
@@ -500,7 +524,7 @@ def execute(runs: Sequence[Run], jobs: int = 1, poll: float = 0.5) -> List[Run]:
                 del running[pid]
                 if proc.returncode == 0:
                     r.state = "done"
-                    _say(f"{r.tag}: done in {time.time() - t0:.0f} s: {_headline(r.run_dir)}")
+                    _say(f"{r.tag}: done in {time.time() - t0:.0f} s: {r.headline()}")
                 else:
                     failed.append(r)
                     _say(f"{r.tag}: FAILED (exit {proc.returncode}): {_last_line(r.log_path)} (log {r.log_path})")
@@ -559,6 +583,8 @@ def run_study(study: Study, out: str, jobs: int = 1, command: str = "") -> Dict[
     meta_path = os.path.join(out, "study.json")
     meta["command"] = command
     meta["timing"] = _previous_timing(meta_path)  # kept when this invocation trains nothing
+    if study.unseen is not None:
+        meta["timing_unseen"] = _previous_timing(meta_path, "timing_unseen")
     _write_json(meta_path, meta)
     n_todo = sum(r.state != "done" for r in runs)
     _say(f"{len(runs)} runs ({len(study.methods)} methods x {len(study.seeds)} seeds), {n_todo} to train, "
@@ -570,6 +596,17 @@ def run_study(study: Study, out: str, jobs: int = 1, command: str = "") -> Dict[
     if n_todo:
         meta["timing"] = {"wall_s": round(wall, 1), "runs": n_todo, "jobs": jobs, "cores": _cores()}
         _write_json(meta_path, meta)
+    if study.unseen is not None:  # the finished runs of its methods on its domains
+        from .study_unseen import unseen_jobs
+        measure = unseen_jobs(study, out, runs)
+        n_new = sum(j.state != "done" for j in measure)
+        _say(f"unseen domains: {len(measure)} measurements of finished runs, {n_new} to do, {jobs} at a time")
+        t0 = time.time()
+        failed += execute(measure, jobs)
+        if n_new:
+            meta["timing_unseen"] = {"wall_s": round(time.time() - t0, 1), "runs": n_new, "jobs": jobs,
+                                     "cores": _cores()}
+            _write_json(meta_path, meta)
     report = build_report(out)
     if failed:
         raise UserError(f"{len(failed)} run(s) failed: " + ", ".join(f"{r.tag} (log {r.log_path})" for r in failed))
@@ -594,10 +631,10 @@ def run_demo(path: str, out: str, overrides: Sequence[str] = (), seeds: Optional
 
 # -- the report ------------------------------------------------------------------------
 
-def _previous_timing(meta_path: str) -> Optional[Dict[str, Any]]:
+def _previous_timing(meta_path: str, key: str = "timing") -> Optional[Dict[str, Any]]:
     try:
         with open(meta_path, encoding="utf-8") as f:
-            return json.load(f).get("timing")
+            return json.load(f).get(key)
     except (OSError, ValueError, AttributeError):
         return None
 
@@ -759,6 +796,13 @@ def format_report(meta: Dict[str, Any], an: Dict[str, Any], missing: List[str], 
             L.append("| " + " | ".join(row) + " |")
         if t.get("note"):
             L += ["", t["note"]]
+    if an.get("unseen"):
+        from .study_unseen import format_unseen
+        L += format_unseen(meta, an["unseen"])
+        tu = meta.get("timing_unseen")
+        if tu:
+            L += ["", f"Wall time of the last invocation that measured unseen domains: {tu['wall_s'] / 60:.1f} min "
+                      f"for {tu['runs']} measurements, {tu['jobs']} at a time on {tu['cores']} cores."]
     L += ["", "## Per dataset and method", "",
           "| dataset | method | n | mean | std | 95% CI | seeds |", "|---|---|---|---|---|---|---|"]
     for d, ms in an["summary"].items():
@@ -903,6 +947,9 @@ def build_report(out: str) -> Dict[str, Any]:
         meta = json.load(f)
     results, missing, iters = _load_results(out, meta)
     an = analyse(meta, results)
+    if meta.get("unseen"):
+        from .study_unseen import analyse_unseen
+        an["unseen"] = analyse_unseen(meta, out)
     report = _no_nan({"units": "mIoU and IoU as fractions (0..1); null: not available (one seed, absent class)",
                       "study": meta, "missing": missing, "iterations_logged": iters, **an})
     with open(os.path.join(out, "report.json"), "w", encoding="utf-8") as f:
