@@ -371,6 +371,10 @@ def run_state(run_dir: str, cfg: Config) -> str:
         return "new"
     with open(saved, encoding="utf-8") as f:
         theirs = safe_load(f) or {}
+    try:  # a key added to cdcl since the run was trained counts at its default (the run's behaviour)
+        theirs = build_config(theirs, source=saved).to_dict()
+    except ConfigError:  # a key since removed or renamed: compared as written, and named below
+        pass
     diffs = config_differences(theirs, cfg.to_dict())
     if diffs:
         raise ConfigError(f"{run_dir} holds a run of another config ({'; '.join(diffs[:4])}"
