@@ -176,3 +176,146 @@ def test_shipped_studies_resolve_with_equal_samples(tmp_path, name):
     assert not meta["fairness"]["unequal"] and len(runs) == len(study.methods)
     for d in study.datasets:  # every reported dataset has its baseline
         assert any(m["label"] == study.baseline and d in m["evaluates"] for m in meta["methods"].values())
+
+
+# -- the unseen: section (the paper's Table 7) ---------------------------------------------
+
+UNSEEN = ("unseen:\n  methods: [single, joint]\n  tent_steps: 2\n  scans: 2\n"
+          "  domains:\n    c: {like: a, style: 0.6}\n")
+
+
+def _mtimes(out, pattern):
+    import glob
+    return {p: os.path.getmtime(p) for p in glob.glob(os.path.join(out, pattern))}
+
+
+def test_adding_the_unseen_section_to_a_finished_study_retrains_nothing(tmp_path, capsys):
+    path = write_toy_study(tmp_path)
+    out = str(tmp_path / "out")
+    assert main(["study", path, "--out", out, "--seeds", "0"]) == 0
+    trained = _mtimes(out, "runs/*/seed0/checkpoints/*.pth")
+    trained.update(_mtimes(out, "runs/*/seed0/results.json"))
+    assert len(trained) >= 4
+    # a key added to cdcl after the run (here: one the run's saved config lacks) at its default: still done
+    saved = os.path.join(out, "runs", "joint", "seed0", "config.yaml")
+    text = open(saved).read()
+    assert "  sync_bn: false\n" in text
+    with open(saved, "w") as f:
+        f.write(text.replace("  sync_bn: false\n", ""))
+    with open(path, "a") as f:
+        f.write(UNSEEN)
+    capsys.readouterr()
+    assert main(["study", path, "--out", out, "--seeds", "0"]) == 0
+    said = capsys.readouterr().out
+    assert "single/seed0: finished earlier, skipped" in said and "joint/seed0: finished earlier, skipped" in said
+    assert "training (" not in said and "single/seed0 on c: measuring" in said
+    assert {p: os.path.getmtime(p) for p in trained} == trained  # nothing retrained
+    with open(os.path.join(out, "runs", "joint", "seed0", "unseen", "c.json")) as f:
+        res = json.load(f)
+    assert res["candidates"] == ["a"] and "b" in res["other_branches"]  # b's head has 3 classes, c 4
+    assert set(res["adapted"]) == {"none", "precise-bn", "tent"}
+    assert res["adapted"]["tent"]["steps"] == 2 and res["adapted"]["precise-bn"]["batches"] == 1
+    assert res["adapted"]["none"]["miou"] == res["direct"][res["pick"]["bn_distance"]]["miou"]
+    # the resolved training configs are the ones the study resolves without the section
+    study = load_study(path, seeds=[0])
+    os.makedirs(tmp_path / "plain")
+    plain = load_study(write_toy_study(tmp_path / "plain"), seeds=[0])
+    for m in ("single", "joint"):
+        assert resolve_run(study, study.methods[m], 0).to_dict() == resolve_run(plain, plain.methods[m], 0).to_dict()
+    md = open(os.path.join(out, "report.md")).read()
+    assert "## Table 7: unseen domains" in md and "| CDCL |" in md and "c precise BN" in md
+
+
+@pytest.mark.parametrize("section, words", [
+    ("unseen:\n  domains:\n    c: {like: a, styel: 0.6}\n", ["study.yaml", "unseen.domains.c", "styel"]),
+    ("unseen:\n  adapt: [none, bn-adapt]\n  domains:\n    c: {like: a}\n", ["study.yaml", "unseen.adapt", "bn-adapt"]),
+    ("unseen:\n  domain:\n    c: {like: a}\n", ["study.yaml", "unknown key 'unseen.domain'"]),
+    ("unseen:\n  domains:\n    c: {like: b}\n", ["study.yaml", "unseen.domains.c, method single", "like: b"]),
+    ("unseen:\n  domains:\n    c: {like: zz}\n", ["study.yaml", "like: zz", "not a trained dataset"]),
+    ("unseen:\n  methods: [nope]\n  domains:\n    c: {like: a}\n", ["study.yaml", "unseen.methods", "nope"]),
+    ("unseen:\n  tent_steps: 0\n  domains:\n    c: {like: a}\n", ["study.yaml", "unseen.tent_steps"]),
+    ("unseen:\n  domains:\n    c: {config: nope.yaml}\n", ["study.yaml", "nope.yaml", "not found"]),
+])
+def test_bad_unseen_section_is_one_line_naming_the_study_file(tmp_path, capsys, section, words):
+    path = write_toy_study(tmp_path, extra=section)
+    with pytest.raises(ConfigError) as err:
+        plan(load_study(path), str(tmp_path / "out"))
+    for w in words:
+        assert w in str(err.value), str(err.value)
+    assert main(["study", path, "--out", str(tmp_path / "out")]) == 2
+    line = capsys.readouterr().err.strip()
+    assert line.count("\n") == 0 and "study.yaml" in line
+    assert not os.path.isdir(os.path.join(tmp_path, "out", "runs", "single", "seed0", "checkpoints"))
+
+
+def test_unseen_lidar_study_measures_skips_and_reports(tmp_path, capsys):
+    """Two LiDAR methods x 2 seeds on tiny generated data, the generated
+    SemanticPOSS unseen (read through the shipped label_map_from): measured,
+    skipped the second time, reported; a cell is what cdcl adapt + cdcl eval give."""
+    import yaml
+
+    from cdcl3d.synth import generate_lidar
+
+    root = tmp_path / "data"
+    generate_lidar(str(root), seed=0, scans=6, points_scale=0.2, datasets=("semantickitti", "nuscenes", "semanticposs"))
+    sensor = {"height": 16, "width": 64}
+    base = {"task": "3d", "model": {"name": "salsanext", "width": 0.125, "dropout": 0.0},
+            "data": {"semantickitti": {"type": "semantickitti", "root": str(root / "semantickitti"), "batch_size": 2,
+                                       "sensor": dict(sensor, fov_up=3.0, fov_down=-25.0)}},
+            "strategy": {"name": "single"},
+            "train": {"iterations": 2, "lr": 0.01, "progress": False, "checkpoint_every": 100, "log_every": 1,
+                      "tb_images": False},
+            "eval": {"max_samples": 2, "options": {"knn": False}}}
+    (tmp_path / "single.yaml").write_text(yaml.safe_dump(base))
+    joint = {"_base_": "single.yaml", "strategy": {"name": "cdcl"},
+             "data": {"nuscenes": {"type": "nuscenes", "root": str(root / "nuscenes"), "version": "v1.0-mini",
+                                   "batch_size": 2, "sensor": dict(sensor, height=32, use_ring=True)}}}
+    (tmp_path / "joint.yaml").write_text(yaml.safe_dump(joint))
+    maps = yaml.safe_load(open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                            "configs", "3d", "synth_unseen_semanticposs.yaml")))
+    poss = {"type": "semanticposs", "root": str(root / "semanticposs"), "batch_size": 2,
+            "sensor": {"preset": "pandora", "width": 64},
+            "label_map_from": maps["data"]["semanticposs"]["label_map_from"]}
+    study = {"title": "lidar", "seeds": [0, 1], "datasets": ["semantickitti"], "baseline": "single",
+             "methods": {"single": {"config": "single.yaml"}, "cdcl": {"config": "joint.yaml", "label": "CDCL"}},
+             "unseen": {"methods": ["single", "cdcl"], "tent_steps": 2, "scans": 2, "domains": {"poss": poss}}}
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(study, sort_keys=False))
+    out = str(tmp_path / "out")
+    assert main(["study", str(path), "--out", out, "--jobs", "2"]) == 0
+    measured = _mtimes(out, "runs/*/seed*/unseen/poss.json")
+    assert len(measured) == 4
+    capsys.readouterr()
+    assert main(["study", str(path), "--out", out, "--jobs", "2"]) == 0
+    said = capsys.readouterr().out
+    assert "cdcl/seed1 on poss: finished earlier, skipped" in said and "measuring" not in said
+    assert {p: os.path.getmtime(p) for p in measured} == measured
+
+    report = json.load(open(os.path.join(out, "report.json")))["unseen"]
+    assert report["missing"] == []
+    for a in ("none", "precise-bn", "tent"):
+        assert report["table"]["poss"][a]["cdcl"]["n"] == 2
+    assert report["vs_baseline"]["poss"]["tent"]["cdcl"]["n"] == 2
+    choice = report["choice"]["poss"]
+    assert choice["single"]["candidates"] == ["semantickitti"]
+    assert choice["cdcl"]["candidates"] == ["semantickitti", "nuscenes"] and choice["cdcl"]["n"] == 2
+    with open(os.path.join(out, "runs", "cdcl", "seed0", "unseen", "poss.json")) as f:
+        res = json.load(f)
+    assert res["classes"] == 13 and res["label_maps"] == ["nuscenes", "semantickitti"]
+    for b in ("semantickitti", "nuscenes"):  # scored over the classes each map reaches
+        assert len(res["direct"][b]["scored_classes"]) < 13
+    md = open(os.path.join(out, "report.md")).read()
+    assert "## Table 7" in md and "poss TENT" in md and "auto = best" in md
+    os.remove(os.path.join(out, "report.md"))
+    assert main(["study", "--report-only", out]) == 0
+    assert "## Table 7" in open(os.path.join(out, "report.md")).read()
+
+    # the precise-BN cell is cdcl adapt --method precise-bn, then cdcl eval, on the same config and scans
+    cfg = os.path.join(out, "runs", "cdcl", "seed0", "unseen", "poss.yaml")
+    ckpt = os.path.join(out, "runs", "cdcl", "seed0", "checkpoints", "latest.pth")
+    assert main(["adapt", cfg, "--checkpoint", ckpt, "--dataset", "poss", "--batches", "1",
+                 "--out", str(tmp_path / "poss.pth")]) == 0
+    assert main(["eval", cfg, "--checkpoint", str(tmp_path / "poss.pth"), "--dataset", "poss",
+                 "--out", str(tmp_path / "poss_eval.json")]) == 0
+    assert json.load(open(tmp_path / "poss_eval.json"))["poss"]["miou"] == pytest.approx(
+        res["adapted"]["precise-bn"]["miou"], abs=1e-6)
