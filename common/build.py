@@ -140,8 +140,10 @@ def build_dataset(cfg: Config, name: str, split: str, train: bool, task: Optiona
     if strategy_of(cfg).remap_labels and name != first:
         target = task.build_dataset(first, cfg.data[first].as_dict(), cfg.data[first].val_split, False)
         if name not in cfg.strategy.label_map:
-            # an unseen dataset without a table: its labels must already be A's
-            if name in cfg.names or num_classes_of(ds) != num_classes_of(target):
+            # an unseen dataset without a table: its labels must already be A's, unless
+            # data.<name>.label_map_from reads the model in its own classes (common.adapt)
+            if name in cfg.names or (num_classes_of(ds) != num_classes_of(target)
+                                     and not cfg.data[name].label_map_from):
                 raise ConfigError(f"{cfg.source}: strategy {cfg.strategy.name!r} needs "
                                   f"'strategy.label_map.{name}' (ids of {name} → ids of {first})")
             return ds

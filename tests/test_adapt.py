@@ -366,3 +366,18 @@ def test_lidar_recipe_train_adapt_eval_on_the_unseen_sensor(tmp_path):
     assert main(["adapt", str(config), "--checkpoint", ckpt, "--dataset", "kitti_fog", "--branch", "semantickitti",
                  "--batches", "2", "--out", str(fog)]) == 0
     assert main(["eval", str(config), "--checkpoint", str(fog), "--dataset", "kitti_fog"]) == 0
+
+
+def test_label_remap_serves_an_unseen_dataset_of_other_classes_through_label_map_from(tmp_path):
+    """One head in a's classes (label remapping): an unseen dataset of 3 classes
+    is read through data.c.label_map_from, its labels left in its own ids."""
+    from common.build import build_dataset
+    from common.config import ConfigError
+
+    d = unseen_cfg(tmp_path, num_classes=3).to_dict()
+    d["strategy"] = {"name": "label_remap", "label_map": {"b": {0: 0, 1: 1, 2: 2, 3: 3}}}
+    with pytest.raises(ConfigError, match="strategy.label_map.c"):
+        build_dataset(build_config(d, source="toy"), "c", "val", False)
+    d["data"]["c"]["label_map_from"] = {"a": {0: 0, 1: 1, 2: 2, 3: 2}}
+    ds = build_dataset(build_config(d, source="toy"), "c", "val", False)
+    assert len(ds.class_names) == 3
