@@ -984,7 +984,7 @@ EXAMPLE = "cdcl study configs/studies/lidar_synth.yaml iterations=30 --seeds 0 1
 
 
 def add_arguments(p) -> None:
-    p.add_argument("study", nargs="?", help="study YAML (methods, seeds, datasets, baseline, tables)")
+    p.add_argument("study", nargs="?", help="study YAML (methods, seeds, datasets, baseline, tables, unseen)")
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="study keys (iterations=20, seeds=[0,1]) or dotted overrides for every run "
                         "(train.lr=0.02)")
