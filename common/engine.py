@@ -8,7 +8,9 @@
 * ``fused``: one forward pass over the concatenated batches, each
   dataset-aware BatchNorm branch normalising only its own chunk, each head
   seeing only its own rows. Same losses and gradients as ``dat`` (up to float
-  rounding), fewer kernel launches. Needs equal input shapes.
+  rounding), fewer kernel launches. Needs equal input shapes. On a CPU
+  (:data:`PER_DATASET_FORWARD_DEVICES`) it runs ``dat``'s per-dataset forwards,
+  which are faster there and compute the same.
 * ``sequential`` (the paper's "without DAT" ablation): forward, backward and
   optimizer step after each dataset in turn.
 
@@ -48,8 +50,39 @@ def default_forward(model: nn.Module, batch: Batch):
     return model(batch["inputs"])
 
 
+#: Device types on which ``train.mode=fused`` runs the per-dataset forwards of
+#: ``dat`` rather than one forward over the concatenated batch. Both compute the
+#: same losses, gradients and running statistics (every BatchNorm branch sees
+#: exactly its dataset's rows either way); what differs is speed. One forward
+#: saves kernel launches, which an accelerator counts and a CPU hardly does; on
+#: a CPU the concatenated batch instead doubles every layer's working set, and
+#: once that outgrows the cache the convolutions run slower per image
+#: (benchmarks/bench_core.py, 2 cores, 2 x 4 images of 3x128x128: one forward
+#: 0.8x as fast as ``dat``; a 32-channel 3x3 convolution's forward + backward
+#: at batch 8 costs 1.3x two at batch 4 there, 1.0x at 64x64).
+PER_DATASET_FORWARD_DEVICES = frozenset({"cpu"})
+
+
 def batch_size(batch: Batch) -> int:
     return int(batch["inputs"].shape[0])
+
+
+def check_fusable(batches: Mapping[str, Batch]) -> None:
+    """Raise unless every dataset's inputs have the same trailing shape (what
+    ``train.mode=fused`` needs, checked on every device alike)."""
+    shapes = {n: tuple(b["inputs"].shape[1:]) for n, b in batches.items()}
+    if len(set(shapes.values())) > 1:
+        raise ValueError(f"train.mode=fused needs the same input shape for every dataset, got {shapes}; "
+                         "use train.mode=dat")
+
+
+def fuses_forward(batches: Mapping[str, Batch], one_forward: Optional[bool] = None) -> bool:
+    """Whether a ``fused`` step over ``batches`` runs one forward over their
+    concatenation: ``one_forward`` when given, else unless the inputs are on a
+    device of :data:`PER_DATASET_FORWARD_DEVICES`."""
+    if one_forward is not None:
+        return one_forward
+    return next(iter(batches.values()))["inputs"].device.type not in PER_DATASET_FORWARD_DEVICES
 
 
 def fuse_batches(batches: Mapping[str, Batch]) -> Batch:
@@ -68,9 +101,7 @@ def fuse_batches(batches: Mapping[str, Batch]) -> Batch:
             if len({tuple(v.shape[1:]) for v in values}) == 1:
                 fused[key] = torch.cat(values, 0)
             elif key == "inputs":
-                shapes = {n: tuple(b["inputs"].shape[1:]) for n, b in batches.items()}
-                raise ValueError(f"train.mode=fused needs the same input shape for every dataset, got {shapes}; "
-                                 "use train.mode=dat")
+                check_fusable(batches)
         elif all(isinstance(v, list) for v in values):
             fused[key] = [x for v in values for x in v]
         elif isinstance(values[0], str) and all(v == values[0] for v in values):
@@ -177,6 +208,7 @@ def train_step(
     clip_grad: Optional[float] = None,
     on_nonfinite: str = "stop",
     step: Optional[int] = None,
+    one_forward: Optional[bool] = None,
 ) -> Dict[str, float]:
     """One training iteration over ``batches`` (``{dataset: batch}``, on device).
 
@@ -185,11 +217,17 @@ def train_step(
     With ``on_nonfinite="stop"`` a NaN/inf loss raises
     :class:`NonFiniteLossError` before any weight changes. Under DDP a
     non-finite loss on any rank skips (or stops) the step on every rank.
+    ``one_forward`` (``fused`` only) forces or forbids the one concatenated
+    forward; by default it is used unless the device is a CPU
+    (:func:`fuses_forward`).
     """
     weights = weights or {}
     distributed = is_distributed()
     model.train()
     losses: Dict[str, float] = {}
+    if mode == "fused" and not fuses_forward(batches, one_forward):
+        check_fusable(batches)  # a config that runs here runs on every device
+        mode = "dat"  # the same losses and gradients, faster on this device
 
     keep = on_nonfinite == "skip" and mode != "sequential"
     norms = _NormState(model) if keep else None
