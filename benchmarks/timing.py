@@ -45,9 +45,13 @@ def machine_line() -> str:
             f"load average {load} (1/5/15 min; above ~1.5 on 2 cores the figures are noisy)")
 
 
-def alternate(fns: Dict[str, Callable[[], object]], repeats: int, warmup: int = 1) -> Dict[str, List[float]]:
+def alternate(fns: Dict[str, Callable[[], object]], repeats: int, warmup: int = 1,
+              clock: Callable[[], float] = time.perf_counter) -> Dict[str, List[float]]:
     """Seconds per call of each of ``fns``: ``warmup`` untimed rounds, then
-    ``repeats`` rounds of one call each, the order rotated every round."""
+    ``repeats`` rounds of one call each, the order rotated every round.
+    ``clock=time.process_time`` counts CPU time instead of wall time: on a
+    loaded machine it leaves out the time spent waiting for a core (meaningful
+    with one compute thread; with more it counts their spinning too)."""
     names = list(fns)
     for _ in range(warmup):
         for n in names:
@@ -56,14 +60,26 @@ def alternate(fns: Dict[str, Callable[[], object]], repeats: int, warmup: int = 
     for r in range(repeats):
         k = r % len(names)
         for n in names[k:] + names[:k]:
-            t0 = time.perf_counter()
+            t0 = clock()
             fns[n]()
-            times[n].append(time.perf_counter() - t0)
+            times[n].append(clock() - t0)
     return times
 
 
 def med(ts: List[float]) -> float:
     return statistics.median(ts)
+
+
+def paired(times: Dict[str, List[float]], a: str, b: str) -> float:
+    """Median over rounds of ``a``'s time / ``b``'s time in the same round:
+    the two ran back to back, so a change of load between rounds cancels."""
+    return statistics.median(x / y for x, y in zip(times[a], times[b]))
+
+
+def ratio_line(times: Dict[str, List[float]], a: str, b: str) -> str:
+    """``a / b`` by medians, by minimums and by per-round pairs (:func:`paired`)."""
+    return (f"{med(times[a]) / med(times[b]):.3f} by medians, {min(times[a]) / min(times[b]):.3f} by minimums, "
+            f"{paired(times, a, b):.3f} by per-round pairs")
 
 
 def summary(times: Dict[str, List[float]], unit: float = 1000.0, label: str = "ms") -> str:
