@@ -15,6 +15,7 @@ study section::
       domains:                                   # name -> a data entry added to each run's config
         semanticposs: {config: ../3d/synth_unseen_semanticposs.yaml}   # that config's data.semanticposs
         kitti_fog: {like: semantickitti, root: data/synth/lidar/semantickitti_fog_3, train_split: valid}
+        kitti_snow: null                         # drops a domain of the study's _base_ file
 
 A domain is a ``data:`` entry: ``like: D`` starts from the run's own entry of
 its trained dataset D (its sensor, batch size, type), ``config: FILE`` (path
@@ -121,6 +122,8 @@ def load_unseen(raw: Any, source: str, methods: Sequence[str]) -> Unseen:
     if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not lr > 0:
         raise _fail(source, f"'unseen.tent_lr' must be a number > 0, got {lr!r}")
     raw_domains = raw.get("domains")
+    if isinstance(raw_domains, dict):  # null drops a domain the study's _base_ file declares
+        raw_domains = {k: v for k, v in raw_domains.items() if v is not None}
     if not isinstance(raw_domains, dict) or not raw_domains:
         raise _fail(source, "'unseen.domains' must map domain names to data entries "
                             "({like: DATASET, ...} or {config: FILE, ...})")

@@ -167,7 +167,7 @@ def test_a_run_of_another_config_is_refused(tmp_path):
 
 @pytest.mark.parametrize("name", ["lidar_synth", "lidar", "images_synth_cityscapes_bdd100k",
                                   "images_cityscapes_bdd100k", "images_synth_all", "images_all",
-                                  "demo_lidar"])
+                                  "demo_lidar", "demo_images", "lidar3_synth"])
 def test_shipped_studies_resolve_with_equal_samples(tmp_path, name):
     path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "studies",
                         name + ".yaml")
@@ -176,6 +176,17 @@ def test_shipped_studies_resolve_with_equal_samples(tmp_path, name):
     assert not meta["fairness"]["unequal"] and len(runs) == len(study.methods)
     for d in study.datasets:  # every reported dataset has its baseline
         assert any(m["label"] == study.baseline and d in m["evaluates"] for m in meta["methods"].values())
+
+
+def test_the_real_data_twin_measures_the_real_semanticposs_and_no_generated_domain():
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    real = load_study(os.path.join(root, "configs", "studies", "lidar.yaml")).unseen
+    synth = load_study(os.path.join(root, "configs", "studies", "lidar_synth.yaml")).unseen
+    assert list(real.domains) == ["semanticposs"]  # null dropped the generated corrupted copies
+    poss = real.domains["semanticposs"].base
+    assert poss["root"] == "/data/semanticposs/dataset" and poss["sensor"]["width"] == 1800
+    assert poss["label_map_from"] == synth.domains["semanticposs"].base["label_map_from"]
+    assert synth.domains["semanticposs"].base["root"] == "data/synth/lidar/semanticposs"
 
 
 # -- the unseen: section (the paper's Table 7) ---------------------------------------------
