@@ -197,6 +197,8 @@ def cmd_demo(args) -> int:
 
     if args.task not in TASKS:
         raise UserError(f"--task {args.task!r}: no such task; tasks: {', '.join(TASKS.names())}")
+    if args.jobs < 1:  # before any data is generated
+        raise UserError(f"--jobs must be >= 1, got {args.jobs}")
     return int(TASKS.get(args.task).demo(args) or 0)
 
 

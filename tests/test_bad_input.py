@@ -375,6 +375,12 @@ def test_demo_of_an_unknown_task(capsys):
     run_bad(capsys, ["demo", "--task", "4d"], "4d", "3d")
 
 
+def test_demo_with_no_jobs_fails_before_generating_data(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    run_bad(capsys, ["demo", "--jobs", "0", "--out", tmp_path / "out"], "--jobs", "0")
+    assert not (tmp_path / "data").exists() and not (tmp_path / "out").exists()
+
+
 def test_info_of_the_sparse_network_is_one_line(capsys):
     import os
     cfg = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs/3d/cdcl_sparse.yaml")
