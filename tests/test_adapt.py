@@ -316,11 +316,12 @@ def test_lidar_recipe_train_adapt_eval_on_the_unseen_sensor(tmp_path):
 
     from cdcl3d.synth import generate_lidar
     from common.cli import main
+    from common.config import load_yaml
 
     root = tmp_path / "data"
     generate_lidar(str(root), seed=0, scans=12, points_scale=0.2)
     assert main(["synth", "lidar", "--out", str(root), "--corrupt", "fog", "--severity", "3"]) == 0
-    shipped = yaml.safe_load(open("configs/3d/synth_unseen_semanticposs.yaml"))["data"]["semanticposs"]
+    shipped = load_yaml("configs/3d/synth_unseen_semanticposs.yaml")["data"]["semanticposs"]  # _base_ merged
     sensor = {"height": 16, "width": 64}
     d = {"task": "3d", "model": {"name": "salsanext", "width": 0.125, "dropout": 0.0},
          "data": {"semantickitti": {"type": "semantickitti", "root": str(root / "semantickitti"), "batch_size": 2,

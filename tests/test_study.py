@@ -9,7 +9,7 @@ from scipy import stats as st
 
 from common import stats
 from common.cli import main
-from common.config import ConfigError
+from common.config import ConfigError, load_yaml
 from common.study import build_report, load_study, plan, samples_per_dataset, resolve_run
 
 TRAIN = "train: {iterations: 3, lr: 0.05, checkpoint_every: 3, eval_every: 0, log_every: 1, progress: false, " \
@@ -282,8 +282,8 @@ def test_unseen_lidar_study_measures_skips_and_reports(tmp_path, capsys):
              "data": {"nuscenes": {"type": "nuscenes", "root": str(root / "nuscenes"), "version": "v1.0-mini",
                                    "batch_size": 2, "sensor": dict(sensor, height=32, use_ring=True)}}}
     (tmp_path / "joint.yaml").write_text(yaml.safe_dump(joint))
-    maps = yaml.safe_load(open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                            "configs", "3d", "synth_unseen_semanticposs.yaml")))
+    maps = load_yaml(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                  "configs", "3d", "synth_unseen_semanticposs.yaml"))  # _base_ merged
     poss = {"type": "semanticposs", "root": str(root / "semanticposs"), "batch_size": 2,
             "sensor": {"preset": "pandora", "width": 64},
             "label_map_from": maps["data"]["semanticposs"]["label_map_from"]}
