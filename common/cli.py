@@ -405,9 +405,6 @@ def main(argv: Optional[List[str]] = None) -> int:
             raise
         print(f"cdcl {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    finally:  # a torchrun process group left to the interpreter's exit can abort it (gloo's threads)
-        from . import dist
-        dist.cleanup()
 
 
 if __name__ == "__main__":

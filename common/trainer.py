@@ -313,7 +313,17 @@ def train(cfg: Config, work_dir: str, resume: Optional[str] = None, overwrite: b
         raise ValueError("train: resume and overwrite exclude each other")
     device = dist.select_device(cfg.train.device)
     autocast = _autocast(cfg.train.amp, device, cfg.source)
+    owns_group = not dist.is_distributed()  # a process group made here is destroyed here
     distributed = dist.init_from_env(device)
+    try:
+        return _train(cfg, work_dir, resume, overwrite, device, autocast, distributed)
+    finally:  # left to the interpreter's exit, gloo's threads can abort it ("terminate called ...")
+        if owns_group:
+            dist.cleanup()
+
+
+def _train(cfg: Config, work_dir: str, resume: Optional[str], overwrite: bool, device: torch.device,
+           autocast, distributed: bool) -> Dict[str, Any]:
     if device.type == "cuda":
         torch.cuda.set_device(device)
     # before any work: a refused run has changed nothing
