@@ -50,10 +50,8 @@ class DatasetSpecific(nn.Module):
 
     ``split_output=False`` (norms, shared-shape layers): under a fused route
     each branch processes its own chunk of the batch (dim 0) and the chunks are
-    concatenated back (training BatchNorm branches write straight into one
-    output instead: :class:`_ChunkedBatchNorm`). ``split_output=True``
-    (classifier heads, whose class counts may differ): under a fused route the
-    result is ``{name: chunk}``.
+    concatenated back. ``split_output=True`` (classifier heads, whose class
+    counts may differ): under a fused route the result is ``{name: chunk}``.
     """
 
     def __init__(self, branches: Mapping[str, nn.Module], split_output: bool = False) -> None:
@@ -86,92 +84,11 @@ class DatasetSpecific(nn.Module):
         if sum(sizes) != x.shape[0]:
             raise RouteError(f"fused route sizes {dict(r)} sum to {sum(sizes)} but the batch has "
                              f"{x.shape[0]} rows")
-        if not self.split_output and not args and not kwargs:
-            branches = [self.branches[name] for name in r]
-            if _chunked_batch_norm_applies(branches, x):
-                return _ChunkedBatchNorm.apply(x, sizes, branches,
-                                               *[t for bn in branches for t in (bn.weight, bn.bias)])
         outs = {name: self.branches[name](chunk, *args, **kwargs)
                 for name, chunk in zip(r.keys(), torch.split(x, sizes, dim=0))}
         if self.split_output:
             return outs
         return torch.cat(list(outs.values()), dim=0)
-
-
-def _chunked_batch_norm_applies(branches: Sequence[nn.Module], x: torch.Tensor) -> bool:
-    """Whether :class:`_ChunkedBatchNorm` computes exactly what the branches'
-    own forwards would: plain BatchNorms (their forward is torch's, not
-    SyncBatchNorm's or GroupBatchNorm's) in training mode, with no hooks to
-    call, on a contiguous input of their parameters' dtype (so no autocast or
-    mixed-precision rule applies)."""
-    if not x.is_contiguous():
-        return False
-    for bn in branches:
-        if not (type(bn).forward is nn.modules.batchnorm._BatchNorm.forward and bn.training):
-            return False
-        if bn._forward_hooks or bn._forward_pre_hooks or bn._backward_hooks or bn._backward_pre_hooks:
-            return False
-        if bn.weight is not None and bn.weight.dtype != x.dtype:
-            return False
-        if bn.running_mean is not None and bn.running_mean.dtype != x.dtype:
-            return False
-    return True
-
-
-class _ChunkedBatchNorm(torch.autograd.Function):
-    """Every branch's BatchNorm on its own rows of a fused batch, written into
-    one preallocated output.
-
-    The same kernels as ``torch.cat([bn_i(chunk_i) ...])`` (``native_batch_norm``
-    per chunk, running statistics updated as ``_BatchNorm.forward`` does), less
-    the forward's ``torch.cat``, which copies the whole activation once more
-    per layer and step (and allocates it twice).
-    """
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, sizes: List[int], bns: List[nn.Module], *params):  # type: ignore[override]
-        out = torch.empty_like(x)
-        saved = []
-        start = 0
-        for bn, n in zip(bns, sizes):
-            xi = x.narrow(0, start, n)
-            bn._check_input_dim(xi)
-            nn.functional._verify_batch_size(list(xi.size()))
-            momentum = 0.0 if bn.momentum is None else bn.momentum
-            if bn.track_running_stats and bn.num_batches_tracked is not None:
-                bn.num_batches_tracked.add_(1)
-                if bn.momentum is None:  # cumulative moving average
-                    momentum = 1.0 / float(bn.num_batches_tracked)
-            rm, rv = (bn.running_mean, bn.running_var) if bn.track_running_stats else (None, None)
-            stat = x.new_empty(0)
-            mean, invstd = stat, stat.clone()
-            torch.ops.aten.native_batch_norm.out(xi, bn.weight, bn.bias, rm, rv, True, momentum, bn.eps,
-                                                 out=out.narrow(0, start, n), save_mean=mean, save_invstd=invstd)
-            saved += [mean, invstd]
-            start += n
-        ctx.sizes, ctx.eps = sizes, [bn.eps for bn in bns]
-        ctx.save_for_backward(x, *saved, *params)
-        return out
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_out: torch.Tensor):  # type: ignore[override]
-        x, *rest = ctx.saved_tensors
-        k = len(ctx.sizes)
-        stats, params = rest[:2 * k], rest[2 * k:]
-        grad_xs, grads = [], []
-        start = 0
-        for i, n in enumerate(ctx.sizes):
-            mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[3 + 2 * i], ctx.needs_input_grad[4 + 2 * i]]
-            gx, gw, gb = torch.ops.aten.native_batch_norm_backward(
-                grad_out.narrow(0, start, n), x.narrow(0, start, n), params[2 * i], None, None,
-                stats[2 * i], stats[2 * i + 1], True, ctx.eps[i], mask)
-            grad_xs.append(gx)
-            grads += [gw, gb]
-            start += n
-        # one concatenation remains: BatchNorm's backward has no kernel that writes
-        # into a slice (its out= form computes, then copies)
-        return (torch.cat(grad_xs) if ctx.needs_input_grad[0] else None, None, None, *grads)
 
 
 def _check_route(m: DatasetSpecific, r: Route) -> Route:

@@ -34,17 +34,16 @@ def model_and_batches(seed=0):
     return m, batches, {"a": ce, "b": ce}
 
 
-def grads_after(mode, lr=0.0, **kw):
+def grads_after(mode, lr=0.0):
     m, batches, crit = model_and_batches()
     opt = torch.optim.SGD(m.parameters(), lr=lr)
-    losses = train_step(m, batches, crit, opt, mode=mode, weights={"a": 1.0, "b": 0.5}, **kw)
+    losses = train_step(m, batches, crit, opt, mode=mode, weights={"a": 1.0, "b": 0.5})
     return losses, {k: p.grad.clone() for k, p in m.named_parameters() if p.grad is not None}, m
 
 
-@pytest.mark.parametrize("one_forward", [True, None])  # None: as it runs on this device (CPU: per dataset)
-def test_fused_equals_dat_losses_and_gradients(one_forward):
+def test_fused_equals_dat_losses_and_gradients():  # one forward: tests/test_fused_step.py
     l_dat, g_dat, _ = grads_after("dat")
-    l_fused, g_fused, _ = grads_after("fused", one_forward=one_forward)
+    l_fused, g_fused, _ = grads_after("fused")
     assert l_dat.keys() == l_fused.keys()
     for k in l_dat:
         assert abs(l_dat[k] - l_fused[k]) < 1e-5

@@ -1,42 +1,11 @@
-"""The fused step: its one-forward path (BatchNorm branches on their own rows
-of one output, no concatenation) equals DAT exactly, and on a CPU the fused
-mode runs DAT's per-dataset forwards."""
-import copy
-
+"""The fused step: its one-forward path (each BatchNorm branch on its own rows)
+equals DAT exactly, and on a CPU the fused mode runs DAT's per-dataset forwards."""
 import pytest
 import torch
-from torch import nn
 
-import common.dataset_specific as ds
 import common.engine as engine
-from common.dataset_specific import convert_dataset_specific, convert_heads, route
 from common.engine import train_step
-from common.sync_bn import GroupBatchNorm
-from common.toy import ToyNet, ToySegmentation
-
-
-def model_and_batches(seed=0):
-    torch.manual_seed(seed)
-    m = convert_heads(convert_dataset_specific(ToyNet(num_classes=4, width=8), ["a", "b"]), {"a": 4, "b": 3})
-    da = ToySegmentation(size=4, height=16, width=16, num_classes=4, style=0.0, name="a")
-    db = ToySegmentation(size=4, height=16, width=16, num_classes=3, style=2.0, name="b")
-    batches = {"a": {"inputs": torch.stack([da[i]["inputs"] for i in range(2)]),
-                     "labels": torch.stack([da[i]["labels"] for i in range(2)])},
-               "b": {"inputs": torch.stack([db[i]["inputs"] for i in range(3)]),
-                     "labels": torch.stack([db[i]["labels"] for i in range(3)])}}
-    ce = lambda out, batch: nn.functional.cross_entropy(out, batch["labels"], ignore_index=255)
-    return m, batches, {"a": ce, "b": ce}
-
-
-def count_chunked(monkeypatch):
-    calls = []
-    apply = ds._ChunkedBatchNorm.apply
-
-    def counted(*a):
-        calls.append(a[1])
-        return apply(*a)
-    monkeypatch.setattr(ds._ChunkedBatchNorm, "apply", counted)
-    return calls
+from test_core_training import model_and_batches  # the toy model and two datasets' batches
 
 
 def after_step(mode, **kw):
@@ -47,76 +16,15 @@ def after_step(mode, **kw):
     return losses, grads, m.state_dict()
 
 
-def test_one_forward_fused_equals_dat_losses_gradients_and_statistics(monkeypatch):
-    calls = count_chunked(monkeypatch)
+def test_one_forward_fused_equals_dat_losses_gradients_and_statistics():
     l_dat, g_dat, s_dat = after_step("dat")
-    assert not calls
     l_one, g_one, s_one = after_step("fused", one_forward=True)
-    assert calls == [[2, 3]] * 3  # bn1..bn3 took the concatenation-free path
     assert l_dat.keys() == l_one.keys() and all(abs(l_dat[k] - l_one[k]) < 1e-5 for k in l_dat)
     assert g_dat.keys() == g_one.keys()
     for k in g_dat:
         assert torch.allclose(g_dat[k], g_one[k], atol=1e-5), k
     for k in s_dat:  # weights after the step, each branch's running statistics and batch count
         assert torch.allclose(s_dat[k].float(), s_one[k].float(), atol=1e-6), k
-
-
-@pytest.mark.parametrize("make, shape", [
-    (lambda: nn.BatchNorm2d(3), (5, 3, 4, 4)),
-    (lambda: nn.BatchNorm2d(3, momentum=None), (5, 3, 4, 4)),  # cumulative average: 1 / batches
-    (lambda: nn.BatchNorm2d(3, affine=False), (5, 3, 4, 4)),
-    (lambda: nn.BatchNorm2d(3, track_running_stats=False), (5, 3, 4, 4)),
-    (lambda: nn.BatchNorm1d(3), (5, 3)),
-    (lambda: nn.BatchNorm1d(3), (5, 3, 7)),
-    (lambda: nn.BatchNorm3d(3), (5, 3, 2, 3, 3)),
-])
-def test_chunked_batch_norm_equals_each_branch_on_its_chunk(monkeypatch, make, shape):
-    torch.manual_seed(0)
-    m = convert_dataset_specific(nn.Sequential(make()), ["a", "b"])
-    for bn in m[0].branches.values():  # distinct branches, so a swapped chunk would show
-        if bn.affine:
-            nn.init.uniform_(bn.weight, 0.5, 2)
-            nn.init.uniform_(bn.bias, -1, 1)
-    ref = copy.deepcopy(m)
-    x = (torch.randn(shape) * torch.tensor([1.0, 1, 3, 3, 3]).view(-1, *[1] * (len(shape) - 1))).requires_grad_()
-    x_ref = x.detach().clone().requires_grad_()
-    g = torch.randn(shape)
-    calls = count_chunked(monkeypatch)
-    for _ in range(2):  # twice: the batch count and momentum=None's average move on
-        with route(m, {"a": 2, "b": 3}):
-            y = m(x)
-        with route(ref, "a"):
-            ya = ref(x_ref[:2])
-        with route(ref, "b"):
-            yb = ref(x_ref[2:])
-        assert torch.allclose(y, torch.cat([ya, yb]), atol=1e-6)
-        y.backward(g)
-        torch.cat([ya, yb]).backward(g)
-    assert len(calls) == 2
-    assert torch.allclose(x.grad, x_ref.grad, atol=1e-5)
-    for (k, p), p_ref in zip(m.named_parameters(), ref.parameters()):
-        assert torch.allclose(p.grad, p_ref.grad, atol=1e-5), k
-    for k, v in m.state_dict().items():
-        assert torch.allclose(v.float(), ref.state_dict()[k].float(), atol=1e-6), k
-
-
-def test_chunked_batch_norm_refuses_one_value_per_channel_like_batch_norm():
-    m = convert_dataset_specific(nn.Sequential(nn.BatchNorm1d(3)), ["a", "b"])
-    with pytest.raises(ValueError, match="more than 1 value per channel"):
-        with route(m, {"a": 2, "b": 1}):
-            m(torch.randn(3, 3))
-
-
-def test_chunked_batch_norm_only_where_it_computes_what_the_branches_would():
-    bns = [nn.BatchNorm2d(3), nn.BatchNorm2d(3)]
-    x = torch.randn(4, 3, 2, 2)
-    assert ds._chunked_batch_norm_applies(bns, x)
-    assert not ds._chunked_batch_norm_applies(bns, x.transpose(2, 3))  # not contiguous
-    assert not ds._chunked_batch_norm_applies(bns, x.bfloat16())  # mixed precision: torch's own rules
-    assert not ds._chunked_batch_norm_applies([bns[0], GroupBatchNorm(3)], x)  # its own forward
-    assert not ds._chunked_batch_norm_applies([bns[0].eval(), bns[1]], x)
-    bns[0].train().register_forward_hook(lambda *a: None)  # a hook must still be called
-    assert not ds._chunked_batch_norm_applies(bns, x)
 
 
 def test_fused_on_a_cpu_runs_the_per_dataset_forwards_and_still_needs_equal_shapes(monkeypatch):
