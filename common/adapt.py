@@ -29,7 +29,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
-from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 
 import torch
 from torch import nn
@@ -379,24 +379,12 @@ def describe(info: Dict[str, Any]) -> str:
     return msg
 
 
-def adapt_from_args(args) -> int:
-    """``cdcl adapt CONFIG --checkpoint C --dataset NEW [--branch auto|B]
-    [--method precise-bn|tent] [--steps N] [--batches N] --out NEW.pth``.
+def _check_args(args, cfg) -> bool:
+    """The command line against the config (before any work); fills in
+    ``args.branch``. Returns whether ``args.dataset`` is trained (precise BN of
+    its own branch, in place) rather than unseen."""
+    from .config import ConfigError
 
-    ``cdcl precise-bn`` is this command with ``--method precise-bn`` and
-    ``--branch`` defaulting to the branch that serves NEW (``data.NEW.branch``);
-    it also takes a trained dataset (``args.trained_in_place``): that
-    dataset's own branch gets its statistics recomputed in place."""
-    import yaml
-
-    from .build import build_dataset, get_task, num_classes_of
-    from .checkpoint import load_checkpoint, save_checkpoint
-    from .config import ConfigError, load_config
-    from .dist import select_device
-    from .evaluation import load_model_for_eval
-    from .utils import check_writable
-
-    cfg = load_config(args.config, args.overrides)
     new = args.dataset
     in_place = new in cfg.names
     if new not in cfg.data:
@@ -414,6 +402,47 @@ def adapt_from_args(args) -> int:
         raise ConfigError(f"--branch {args.branch!r}: 'auto' or a trained dataset of {cfg.source}: {cfg.names}")
     if args.batches < 1 or (args.method == "tent" and args.steps < 1):
         raise ConfigError(f"--batches ({args.batches}) and --steps ({args.steps}) must be >= 1")
+    return in_place
+
+
+def _record_branch(ck: Dict[str, Any], model: nn.Module, cfg, new: str, source: str,
+                   table: Optional[Mapping[int, int]], k_new: int, heads: Dict[str, int],
+                   how: Dict[str, Any]) -> None:
+    """Put the model with its new branch into checkpoint ``ck``, with the head
+    sizes, the record ``adapted[new]`` and the config adapted with (it declares
+    NEW and its table: cdcl export/predict without --config read it)."""
+    import yaml
+
+    num_classes = dict(heads)
+    head_k = num_classes.get(source)
+    if head_k is not None:
+        num_classes[new] = k_new if table is not None else head_k
+    adapted = dict(ck.get("adapted") or {})
+    adapted[new] = {"from": source, "method": how["method"], "batches": how["batches"],
+                    "label_map": None if table is None else {int(k): int(v) for k, v in table.items()},
+                    "classes": k_new, "steps": how["steps"], "scores": how["scores"]}
+    ck.update(model={k: v.cpu() for k, v in model.state_dict().items()}, num_classes=num_classes,
+              adapted=adapted, config=yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def adapt_from_args(args) -> int:
+    """``cdcl adapt CONFIG --checkpoint C --dataset NEW [--branch auto|B]
+    [--method precise-bn|tent] [--steps N] [--batches N] --out NEW.pth``.
+
+    ``cdcl precise-bn`` is this command with ``--method precise-bn`` and
+    ``--branch`` defaulting to the branch that serves NEW (``data.NEW.branch``);
+    it also takes a trained dataset (``args.trained_in_place``): that
+    dataset's own branch gets its statistics recomputed in place."""
+    from .build import build_dataset, get_task, num_classes_of
+    from .checkpoint import load_checkpoint, save_checkpoint
+    from .config import ConfigError, load_config
+    from .dist import select_device
+    from .evaluation import load_model_for_eval
+    from .utils import check_writable
+
+    cfg = load_config(args.config, args.overrides)
+    new = args.dataset
+    in_place = _check_args(args, cfg)
     check_writable(args.out, "--out")
     task = get_task(cfg)
     device = select_device(cfg.train.device)
@@ -468,20 +497,9 @@ def adapt_from_args(args) -> int:
     plain = collapse(model, new)
     info = adapt_network(plain, batches, task.forward, args.method, args.batches, args.steps, args.lr)
     copy_into_branch(model, plain, new)
-    num_classes = dict(heads)
-    head_k = num_classes.get(source)
-    if head_k is not None:
-        num_classes[new] = k_new if table is not None else head_k
-    adapted = dict(ck.get("adapted") or {})
-    adapted[new] = {"from": source, "method": args.method, "batches": info["batches"],
-                    "label_map": None if table is None else {int(k): int(v) for k, v in table.items()},
-                    "classes": k_new,
-                    "steps": info.get("steps", 0),
-                    "scores": scores}
-    # the config adapted with (it declares NEW, its table): cdcl export/predict without --config read it
-    config_text = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
-    ck.update(model={k: v.cpu() for k, v in model.state_dict().items()}, num_classes=num_classes,
-              adapted=adapted, config=config_text)
+    _record_branch(ck, model, cfg, new, source, table, k_new, heads,
+                   {"method": args.method, "batches": info["batches"], "steps": info.get("steps", 0),
+                    "scores": scores})
     save_checkpoint(ck, args.out)
     print(f"branch {new!r} = branch {source!r} adapted on {new} ({describe(info)}) -> {args.out}")
     return 0
