@@ -63,8 +63,13 @@ def broadcast_object(obj, src: int = 0):
     return box[0]
 
 
-def cleanup() -> None:
+def cleanup(wait: bool = False) -> None:
+    """Destroy the process group; ``wait``: first wait for every rank (a run
+    that ended well), so that no rank tears its connections down while another
+    still uses them."""
     if is_distributed():
+        if wait:
+            dist.barrier()
         dist.destroy_process_group()
 
 

@@ -315,11 +315,14 @@ def train(cfg: Config, work_dir: str, resume: Optional[str] = None, overwrite: b
     autocast = _autocast(cfg.train.amp, device, cfg.source)
     owns_group = not dist.is_distributed()  # a process group made here is destroyed here
     distributed = dist.init_from_env(device)
+    ok = False
     try:
-        return _train(cfg, work_dir, resume, overwrite, device, autocast, distributed)
+        results = _train(cfg, work_dir, resume, overwrite, device, autocast, distributed)
+        ok = True
+        return results
     finally:  # left to the interpreter's exit, gloo's threads can abort it ("terminate called ...")
         if owns_group:
-            dist.cleanup()
+            dist.cleanup(wait=ok)
 
 
 def _train(cfg: Config, work_dir: str, resume: Optional[str], overwrite: bool, device: torch.device,
